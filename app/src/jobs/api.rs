@@ -1,0 +1,130 @@
+//! Server functions for jobs. Each is thin: read the session, validate, call the engine, map the
+//! error.
+
+use crate::error::AppError;
+use crate::wire::{JobDetail, JobList};
+use leptos::prelude::*;
+use std::collections::BTreeMap;
+
+/// Most jobs one page of the list shows.
+pub const PAGE_SIZE: u32 = 50;
+
+/// Starts a job from the form and sends the browser to its page. Works as a plain form POST
+/// (the server answers with a redirect) and from the hydrated page (client-side navigation).
+/// The form carries an idempotency key rendered with it, so a double submit makes one job;
+/// `delay_s` (optional) schedules the job that many seconds ahead.
+#[server(prefix = "/fn", endpoint = "start_job")]
+pub async fn start_job(
+    kind: String,
+    fields: BTreeMap<String, String>,
+    idempotency_key: Option<String>,
+    delay_s: Option<String>,
+) -> Result<String, AppError> {
+    use crate::server::{engine, internal, invalid, owner};
+    use errand_engine::{Params, SubmitError, SubmitOptions, form_delay, now_ms};
+
+    let (engine, owner) = (engine()?, owner()?);
+    let options = SubmitOptions {
+        idempotency_key: idempotency_key.filter(|k| !k.is_empty()),
+        run_at: form_delay(delay_s.as_deref(), now_ms()).map_err(invalid)?,
+        retry_of: None,
+    };
+    let id = engine
+        .submit(&owner, &kind, Params::Form(fields), options)
+        .await
+        .map(|submitted| submitted.id)
+        .map_err(|err| match err {
+            SubmitError::Invalid(err) => invalid(err),
+            SubmitError::Engine(err) => internal(err),
+        })?;
+    leptos_axum::redirect(&format!("/jobs/{id}"));
+    Ok(id.to_string())
+}
+
+/// One of this browser's jobs with its log; `None` when there is no such job for it.
+#[server(prefix = "/fn", endpoint = "get_job")]
+pub async fn get_job(id: String) -> Result<Option<JobDetail>, AppError> {
+    use crate::server::{detail_view, engine, internal, owner};
+
+    let Ok(id) = id.parse() else {
+        return Ok(None);
+    };
+    let found = engine()?
+        .job_with_logs(&owner()?, id)
+        .await
+        .map_err(internal)?;
+    Ok(found.as_ref().map(detail_view))
+}
+
+/// Cancels one of this browser's jobs (queued: at once; running: its handler is signalled).
+#[server(prefix = "/fn", endpoint = "cancel_job")]
+pub async fn cancel_job(id: String) -> Result<(), AppError> {
+    use crate::server::{engine, internal, owner};
+    use errand_engine::CancelOutcome;
+
+    let id = id.parse().map_err(|_| AppError::NotFound)?;
+    match engine()?.cancel(&owner()?, id).await.map_err(internal)? {
+        None => Err(AppError::NotFound),
+        Some(CancelOutcome::AlreadyFinished(state)) => Err(AppError::Invalid {
+            field: None,
+            message: format!("the job already finished ({})", state.as_str()),
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Starts a new job like one of this browser's failed or cancelled jobs, and goes to its page.
+#[server(prefix = "/fn", endpoint = "retry_job")]
+pub async fn retry_job(id: String) -> Result<String, AppError> {
+    use crate::server::{engine, internal, owner};
+    use errand_engine::SubmitError;
+
+    let id = id.parse().map_err(|_| AppError::NotFound)?;
+    let retried = engine()?
+        .retry(&owner()?, id)
+        .await
+        .map_err(|err| match err {
+            SubmitError::Invalid(err) => crate::server::invalid(err),
+            SubmitError::Engine(err) => internal(err),
+        })?;
+    match retried {
+        None => Err(AppError::NotFound),
+        Some(Err(state)) => Err(AppError::Invalid {
+            field: None,
+            message: format!(
+                "only failed or cancelled jobs can be retried; this one is {}",
+                state.as_str()
+            ),
+        }),
+        Some(Ok(new_id)) => {
+            leptos_axum::redirect(&format!("/jobs/{new_id}"));
+            Ok(new_id.to_string())
+        }
+    }
+}
+
+/// This browser's jobs, newest first.
+#[server(prefix = "/fn", endpoint = "list_jobs")]
+pub async fn list_jobs(before: Option<String>) -> Result<JobList, AppError> {
+    use crate::server::{engine, internal, list_view, owner};
+
+    let before = match before.as_deref().map(str::parse) {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(_)) => {
+            return Err(AppError::Invalid {
+                field: Some("before".into()),
+                message: "is not a job id".into(),
+            });
+        }
+    };
+    let jobs = engine()?
+        .list(
+            &errand_engine::JobFilter::owner(owner()?),
+            PAGE_SIZE,
+            before,
+        )
+        .await
+        .map_err(internal)?;
+    Ok(list_view(&jobs, PAGE_SIZE))
+}

@@ -1,0 +1,334 @@
+//! `/jobs/{id}`: one job, server-rendered, then kept live by its event stream once hydrated.
+//! Without JavaScript the page reloads itself every two seconds until the job is final.
+
+use super::api::{CancelJob, RetryJob, get_job};
+use super::results::JobResult;
+use crate::not_found::NotFound;
+#[cfg(any(feature = "hydrate", test))]
+use crate::wire::LogLineView;
+use crate::wire::{JobDetail, JobView};
+use leptos::form::ActionForm;
+use leptos::prelude::*;
+use leptos_router::hooks::use_params_map;
+
+/// How many log lines the page keeps (the server keeps the same number).
+#[cfg(any(feature = "hydrate", test))]
+const LOG_LINES_SHOWN: usize = 1_000;
+
+#[component]
+pub fn JobPage() -> impl IntoView {
+    let params = use_params_map();
+    let id = move || params.read().get("id").unwrap_or_default();
+    let detail = Resource::new(id, get_job);
+
+    view! {
+        <Suspense fallback=|| view! { <p class="loading">"Loading job…"</p> }>
+            {move || Suspend::new(async move {
+                match detail.await {
+                    Ok(Some(detail)) => view! { <LiveJob detail/> }.into_any(),
+                    Ok(None) | Err(crate::error::AppError::NotFound) => {
+                        view! { <NotFound/> }.into_any()
+                    }
+                    Err(err) => {
+                        view! { <p class="form-error" role="alert">{err.to_string()}</p> }
+                            .into_any()
+                    }
+                }
+            })}
+        </Suspense>
+    }
+}
+
+#[component]
+fn LiveJob(detail: JobDetail) -> impl IntoView {
+    let retried_as = detail.retried_as;
+    let job = RwSignal::new(detail.job);
+    let logs = RwSignal::new(detail.logs);
+    let initially_final = job.get_untracked().state.is_terminal();
+
+    #[cfg(feature = "hydrate")]
+    if !initially_final {
+        subscribe(job, logs);
+    }
+
+    let state = move || job.read().state.as_str();
+    let announcement = move || format!("Job {}", state());
+    let percent = move || job.read().percent();
+
+    view! {
+        {(!initially_final).then(|| view! {
+            // Read only when scripting is off: a page without JavaScript refreshes itself.
+            <div inner_html=r#"<noscript><meta http-equiv="refresh" content="2"></noscript>"#></div>
+        })}
+        <section class="card job">
+            <header class="job-header">
+                <h1>{move || job.read().kind.clone()} " job"</h1>
+                <span class=move || format!("badge state-{}", state()) data-testid="job-state">
+                    {state}
+                </span>
+                <CancelButton job/>
+                <RetryButton job/>
+            </header>
+            <p class="visually-hidden" role="status" aria-live="polite" data-testid="job-announcer">
+                {announcement}
+            </p>
+            <div
+                class="progress"
+                role="progressbar"
+                aria-label="Progress"
+                aria-valuemin="0"
+                aria-valuemax="100"
+                aria-valuenow=move || percent().map(|p| p.to_string())
+                data-testid="job-progress"
+            >
+                <div class="progress-fill" style:width=move || format!("{}%", percent().unwrap_or(0))></div>
+            </div>
+            <p class="progress-line">
+                <span data-testid="job-progress-text">
+                    {move || percent().map(|p| format!("{p}%")).unwrap_or_else(|| "–".into())}
+                </span>
+                " "
+                <span data-testid="job-stage">{move || job.read().stage.clone().unwrap_or_default()}</span>
+            </p>
+            <Waiting job/>
+            <Links job retried_as/>
+            <JobFacts job/>
+            <JobOutcome job/>
+            <h2>"Log"</h2>
+            <ol class="log" data-testid="job-logs">
+                <For each=move || logs.get() key=|line| line.seq let:line>
+                    <li><time datetime=line.at.clone()>{short_time(&line.at)}</time> " " {line.line}</li>
+                </For>
+            </ol>
+        </section>
+    }
+}
+
+#[component]
+fn JobFacts(job: RwSignal<JobView>) -> impl IntoView {
+    let time = move |pick: fn(&JobView) -> Option<String>| {
+        move || {
+            pick(&job.read())
+                .map(|t| short_time(&t))
+                .unwrap_or_else(|| "–".into())
+        }
+    };
+    view! {
+        <dl class="facts">
+            <dt>"Id"</dt>
+            <dd><code>{move || job.read().id.clone()}</code></dd>
+            <dt>"Parameters"</dt>
+            <dd><code data-testid="job-params">{move || job.read().params.to_string()}</code></dd>
+            <dt>"Attempts"</dt>
+            <dd data-testid="job-attempts">
+                {move || format!("{} of {}", job.read().attempts, job.read().max_attempts)}
+            </dd>
+            <dt>"Created"</dt>
+            <dd>{time(|j| Some(j.created_at.clone()))}</dd>
+            <dt>"Started"</dt>
+            <dd>{time(|j| j.started_at.clone())}</dd>
+            <dt>"Finished"</dt>
+            <dd>{time(|j| j.finished_at.clone())}</dd>
+        </dl>
+    }
+}
+
+#[component]
+fn JobOutcome(job: RwSignal<JobView>) -> impl IntoView {
+    view! {
+        {move || {
+            let view = job.get();
+            view.result.is_some().then(|| view! { <JobResult job=view/> })
+        }}
+        <Show when=move || job.read().error.is_some()>
+            <h2>"Error"</h2>
+            <p class="form-error" data-testid="job-error">
+                {move || job.read().error.clone().unwrap_or_default()}
+            </p>
+        </Show>
+    }
+}
+
+/// While a queued job waits for its time: "scheduled for …" or "retrying in N s (attempt 2 of
+/// 3)", counting down live.
+#[component]
+fn Waiting(job: RwSignal<JobView>) -> impl IntoView {
+    let now = crate::clock::ticking_now();
+    let text = move || {
+        let job = job.read();
+        let at = job
+            .run_at
+            .as_deref()
+            .filter(|_| job.state == crate::wire::JobState::Queued)?;
+        let seconds = crate::clock::seconds_until(at, now.get());
+        Some(if job.attempts > 0 {
+            format!(
+                "Retrying in {seconds} s (attempt {} of {})",
+                job.attempts + 1,
+                job.max_attempts
+            )
+        } else {
+            format!("Scheduled for {} UTC (in {seconds} s)", short_time(at))
+        })
+    };
+    view! {
+        <Show when=move || text().is_some()>
+            <p class="waiting" data-testid="job-waiting">{text}</p>
+        </Show>
+    }
+}
+
+/// Links between a job and its manual retries.
+#[component]
+fn Links(job: RwSignal<JobView>, retried_as: Vec<String>) -> impl IntoView {
+    let retry_of = move || job.read().retry_of.clone();
+    view! {
+        {move || retry_of().map(|id| view! {
+            <p data-testid="job-retry-of">"Retry of " <a href=format!("/jobs/{id}")><code>{id.clone()}</code></a></p>
+        })}
+        {(!retried_as.is_empty()).then(|| view! {
+            <p data-testid="job-retried-as">
+                "Retried as "
+                {retried_as.iter().map(|id| view! { <a href=format!("/jobs/{id}")><code>{id.clone()}</code></a> " " }).collect_view()}
+            </p>
+        })}
+    }
+}
+
+/// A Retry button once the job failed or was cancelled: it starts a new, linked job.
+#[component]
+fn RetryButton(job: RwSignal<JobView>) -> impl IntoView {
+    let retry = ServerAction::<RetryJob>::new();
+    let id = move || job.read().id.clone();
+    let retriable = move || {
+        matches!(
+            job.read().state,
+            crate::wire::JobState::Failed | crate::wire::JobState::Cancelled
+        )
+    };
+    view! {
+        <Show when=retriable>
+            <ActionForm action=retry attr:class="inline">
+                <input type="hidden" name="id" value=id/>
+                <button type="submit" data-testid="retry-job" disabled=move || retry.pending().get()>"Retry"</button>
+            </ActionForm>
+        </Show>
+        {move || retry.value().get().and_then(Result::err).map(|err| view! { <p class="form-error" role="alert">{err.to_string()}</p> })}
+    }
+}
+
+/// A Cancel button while the job is queued or running (a plain form: works without JavaScript).
+#[component]
+fn CancelButton(job: RwSignal<JobView>) -> impl IntoView {
+    let cancel = ServerAction::<CancelJob>::new();
+    let id = move || job.read().id.clone();
+    view! {
+        <Show when=move || !job.read().state.is_terminal()>
+            <ActionForm action=cancel attr:class="inline">
+                <input type="hidden" name="id" value=id/>
+                <button type="submit" class="secondary" data-testid="cancel-job" disabled=move || cancel.pending().get()>
+                    "Cancel"
+                </button>
+            </ActionForm>
+        </Show>
+        {move || cancel.value().get().and_then(Result::err).map(|err| view! { <p class="form-error" role="alert">{err.to_string()}</p> })}
+    }
+}
+
+/// "2026-11-21T10:30:00.123Z" → "10:30:00" (the full time stays in the `datetime` attribute).
+fn short_time(rfc3339: &str) -> String {
+    rfc3339.get(11..19).unwrap_or(rfc3339).to_owned()
+}
+
+#[cfg(any(feature = "hydrate", test))]
+/// Adds a log line unless the page already has it, keeping the newest lines.
+fn push_log(logs: &mut Vec<LogLineView>, line: LogLineView) {
+    if logs.last().is_some_and(|last| last.seq >= line.seq) {
+        return;
+    }
+    logs.push(line);
+    if logs.len() > LOG_LINES_SHOWN {
+        let excess = logs.len() - LOG_LINES_SHOWN;
+        logs.drain(..excess);
+    }
+}
+
+#[cfg(feature = "hydrate")]
+fn subscribe(job: RwSignal<JobView>, logs: RwSignal<Vec<LogLineView>>) {
+    use super::live::{Done, watch};
+    use crate::wire::event;
+    use std::rc::Rc;
+
+    let id = job.get_untracked().id;
+    let url = format!("/api/jobs/{id}/events");
+    let apply_detail = move |detail: JobDetail| {
+        let done = detail.job.state.is_terminal();
+        job.set(detail.job);
+        logs.set(detail.logs);
+        !done
+    };
+    let on_event = Rc::new(move |name: &str, data: &str| match name {
+        event::SNAPSHOT => serde_json::from_str(data).map_or(true, apply_detail),
+        event::JOB => serde_json::from_str::<JobView>(data).map_or(true, |view| {
+            let done = view.state.is_terminal();
+            job.set(view);
+            !done
+        }),
+        event::LOG => {
+            if let Ok(line) = serde_json::from_str(data) {
+                logs.update(|logs| push_log(logs, line));
+            }
+            true
+        }
+        _ => true,
+    });
+    let poll = Rc::new(move |done: Done| {
+        let id = id.clone();
+        leptos::task::spawn_local(async move {
+            if let Ok(Some(detail)) = get_job(id).await
+                && !apply_detail(detail)
+            {
+                done();
+            }
+        });
+    });
+    watch(
+        url,
+        &[event::SNAPSHOT, event::JOB, event::LOG],
+        on_event,
+        poll,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(seq: i64) -> LogLineView {
+        LogLineView {
+            seq,
+            at: String::new(),
+            line: format!("line {seq}"),
+        }
+    }
+
+    #[test]
+    fn log_lines_are_not_repeated_and_are_capped() {
+        let mut logs = vec![line(1), line(2)];
+        push_log(&mut logs, line(2));
+        assert_eq!(logs.len(), 2);
+        push_log(&mut logs, line(3));
+        assert_eq!(logs.last().map(|l| l.seq), Some(3));
+
+        let mut many: Vec<_> = (1..=LOG_LINES_SHOWN as i64).map(line).collect();
+        push_log(&mut many, line(LOG_LINES_SHOWN as i64 + 1));
+        assert_eq!(many.len(), LOG_LINES_SHOWN);
+        assert_eq!(many.first().map(|l| l.seq), Some(2));
+    }
+
+    #[test]
+    fn short_time_keeps_the_clock() {
+        assert_eq!(short_time("2026-11-21T10:30:05.123Z"), "10:30:05");
+        assert_eq!(short_time("bad"), "bad");
+    }
+}

@@ -1,0 +1,69 @@
+//! Errand's web app: pages, components and server functions, rendered on the server (`ssr`) and
+//! hydrated in the browser (`hydrate`). Server-only code lives in [`server`].
+
+pub mod clock;
+pub mod error;
+pub mod jobs;
+pub mod not_found;
+#[cfg(feature = "ssr")]
+pub mod server;
+pub mod wire;
+
+use leptos::prelude::*;
+use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
+use leptos_router::components::{A, Route, Router, Routes};
+use leptos_router::{SsrMode, path};
+
+pub use not_found::NotFound;
+
+/// The HTML document around the app, rendered by the server.
+pub fn shell(options: LeptosOptions) -> impl IntoView {
+    view! {
+        <!DOCTYPE html>
+        <html lang="en">
+            <head>
+                <meta charset="utf-8"/>
+                <meta name="viewport" content="width=device-width, initial-scale=1"/>
+                <meta name="color-scheme" content="light dark"/>
+                <link rel="icon" href="data:,"/>
+                <HydrationScripts options/>
+                <MetaTags/>
+            </head>
+            <body>
+                <App/>
+            </body>
+        </html>
+    }
+}
+
+#[component]
+pub fn App() -> impl IntoView {
+    provide_meta_context();
+    // Effects run only in the browser: this marks the page as hydrated (tests wait for it).
+    Effect::new(|| {
+        if let Some(body) = document().body() {
+            let _ = body.set_attribute("data-hydrated", "true");
+        }
+    });
+
+    view! {
+        <Stylesheet id="leptos" href="/pkg/errand.css"/>
+        <Title text="Errand"/>
+        <Router>
+            <header class="top">
+                <a class="brand" href="/">"Errand"</a>
+                <nav>
+                    <A href="/">"New job"</A>
+                    <A href="/jobs">"My jobs"</A>
+                </nav>
+            </header>
+            <main>
+                <Routes fallback=NotFound>
+                    <Route path=path!("/") view=jobs::NewJobPage/>
+                    <Route path=path!("/jobs") view=jobs::JobListPage/>
+                    <Route path=path!("/jobs/:id") view=jobs::JobPage ssr=SsrMode::Async/>
+                </Routes>
+            </main>
+        </Router>
+    }
+}

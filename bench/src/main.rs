@@ -1,0 +1,145 @@
+//! `errand-bench`: measures a built errand binary from outside, the way its users reach it, and
+//! prints a table (and JSON). It builds nothing: build the release binary first
+//! (`cargo leptos build --release`). Every scenario starts a fresh server on a free local port
+//! with a fresh data dir, and checks that every job and event it waited for arrived.
+
+mod client;
+mod scenarios;
+mod server;
+mod stats;
+
+use clap::{Parser, ValueEnum};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scale {
+    /// A few hundred jobs and subscribers: checks the tool and the server still work (CI).
+    Tiny,
+    /// The counts BENCHMARKS.md reports.
+    Full,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    about = "Measure errand: enqueue rate, latency, pickup, drain, push, fan-out, memory, page weight."
+)]
+struct Args {
+    /// The errand binary to measure (default: $CARGO_TARGET_DIR/release/errand).
+    #[arg(long)]
+    errand: Option<PathBuf>,
+    /// Folder errand runs in (it serves `target/site` from there).
+    #[arg(long, default_value = ".")]
+    workdir: PathBuf,
+    #[arg(long, value_enum, default_value = "full")]
+    scale: Scale,
+    /// Only these scenarios (numbers 1–8); all when not given.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<u8>,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Extra arguments for errand (e.g. `--queue-url=…` once it has one).
+    #[arg(long, allow_hyphen_values = true)]
+    errand_arg: Vec<String>,
+}
+
+/// What every scenario needs to start a server.
+pub(crate) struct Context {
+    binary: PathBuf,
+    workdir: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Context {
+    pub(crate) async fn start(&self) -> anyhow::Result<server::Server> {
+        server::Server::start(&self.binary, &self.workdir, &self.extra).await
+    }
+}
+
+/// One line of the report.
+pub(crate) struct Row {
+    name: String,
+    headline: String,
+    data: Value,
+}
+
+impl Row {
+    pub(crate) fn new(name: String, data: Value) -> Self {
+        Self {
+            name,
+            headline: String::new(),
+            data,
+        }
+    }
+
+    pub(crate) fn headline(mut self, text: String) -> Self {
+        self.headline = text;
+        self
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // Thousands of event streams need thousands of sockets, here and in the child process.
+    let files = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
+    println!("open-files limit raised to {files} (inherited by the errand process)");
+    let cx = Context {
+        binary: args.errand.unwrap_or_else(server::default_binary),
+        workdir: args.workdir,
+        extra: args.errand_arg,
+    };
+    let full = args.scale == Scale::Full;
+    let pick = |n: u8| args.only.is_empty() || args.only.contains(&n);
+    let (enqueue, e2e, pickup, drain, reports, fanout) = if full {
+        (20_000, 5_000, 200, 50_000, 100, 10_000)
+    } else {
+        (300, 100, 20, 300, 20, 200)
+    };
+
+    let mut rows = Vec::new();
+    if pick(1) {
+        rows.push(scenarios::enqueue(&cx, enqueue, 32).await?);
+        rows.push(scenarios::enqueue(&cx, enqueue, 256).await?);
+    }
+    if pick(2) {
+        rows.push(scenarios::end_to_end(&cx, e2e, true).await?);
+        rows.push(scenarios::end_to_end(&cx, e2e, false).await?);
+    }
+    if pick(3) {
+        rows.push(scenarios::idle_pickup(&cx, pickup).await?);
+    }
+    if pick(4) {
+        rows.push(scenarios::processing(&cx, drain).await?);
+    }
+    if pick(5) {
+        rows.push(scenarios::push_latency(&cx, reports).await?);
+    }
+    if pick(6) {
+        rows.push(scenarios::fan_out(&cx, fanout, false).await?);
+        rows.push(scenarios::fan_out(&cx, fanout, true).await?);
+    }
+    if pick(7) {
+        rows.push(scenarios::memory(&cx).await?);
+    }
+    if pick(8) {
+        rows.push(scenarios::page_weight(&cx).await?);
+    }
+
+    println!("\n| scenario | result |\n|---|---|");
+    for row in &rows {
+        println!("| {} | {} |", row.name, row.headline);
+    }
+    if let Some(path) = args.json {
+        let report: serde_json::Map<String, Value> = rows
+            .iter()
+            .map(|r| (r.name.clone(), r.data.clone()))
+            .collect();
+        let report =
+            json!({ "scale": format!("{:?}", args.scale).to_lowercase(), "results": report });
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+        println!("\nJSON written to {}", path.display());
+    }
+    Ok(())
+}

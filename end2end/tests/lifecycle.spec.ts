@@ -1,0 +1,78 @@
+import {
+  JOB_URL,
+  apiStartJob,
+  apiWaitForJobState,
+  expect,
+  jobIdFromUrl,
+  startJobViaForm,
+  test,
+  waitForHydration,
+} from "./fixtures";
+
+test.describe("job lifecycle from its page", () => {
+  test("a running job is cancelled from its page within a second", async ({ page }) => {
+    await page.goto("/");
+    await waitForHydration(page);
+    await startJobViaForm(page, 20_000, 20);
+    const state = page.getByTestId("job-state");
+    await expect(state).toHaveText("running", { timeout: 10_000 });
+
+    await page.getByTestId("cancel-job").click();
+    await expect(state).toHaveText("cancelled", { timeout: 3_000 });
+    await expect(page.getByTestId("cancel-job")).toHaveCount(0);
+    await expect(page.getByTestId("retry-job")).toBeVisible();
+  });
+
+  test("a failed job is retried from its page as a new, linked job", async ({ page }) => {
+    // A webhook to a private address fails for good: the server refuses to call it.
+    const original = await apiStartJob(page.request, "webhook", { url: "http://10.0.0.1/hook" });
+    await apiWaitForJobState(page.request, original, "failed");
+
+    await page.goto(`/jobs/${original}`);
+    await waitForHydration(page);
+    await expect(page.getByTestId("job-error")).toContainText("internal address");
+    await page.getByTestId("retry-job").click();
+
+    await expect(page).toHaveURL(JOB_URL);
+    await expect.poll(() => jobIdFromUrl(page.url())).not.toBe(original);
+    const retry = jobIdFromUrl(page.url());
+    await expect(page.getByTestId("job-retry-of").locator("a")).toHaveAttribute("href", `/jobs/${original}`);
+    await expect(page.getByTestId("job-state")).toHaveText("failed", { timeout: 15_000 });
+
+    await page.goto(`/jobs/${original}`);
+    await expect(page.getByTestId("job-retried-as").locator("a")).toHaveAttribute("href", `/jobs/${retry}`);
+  });
+
+  test("a scheduled job counts down on its page, then runs", async ({ page }) => {
+    const response = await page.request.post("/api/jobs", {
+      data: { kind: "sleep", params: { ms: 0 }, delay_ms: 5_000 },
+    });
+    expect(response.status()).toBe(202);
+    const id = (await response.json()).id as string;
+
+    await page.goto(`/jobs/${id}`);
+    await waitForHydration(page);
+    const waiting = page.getByTestId("job-waiting");
+    await expect(waiting).toContainText("Scheduled for");
+    const seconds = async () => Number(/in (\d+) s/.exec((await waiting.textContent()) ?? "")?.[1] ?? NaN);
+    const first = await seconds();
+    expect(first).toBeGreaterThan(0);
+    await expect.poll(seconds, { message: "the countdown moves" }).toBeLessThan(first);
+    await expect(page.getByTestId("job-state")).toHaveText("succeeded", { timeout: 15_000 });
+    await expect(waiting).toHaveCount(0);
+  });
+});
+
+test.describe("job lifecycle from the list", () => {
+  test("a running job is cancelled from /jobs, and its row updates live", async ({ page }) => {
+    const id = await apiStartJob(page.request, "sleep", { ms: 20_000, steps: 20 });
+    await apiWaitForJobState(page.request, id, "running");
+    await page.goto("/jobs");
+    await waitForHydration(page);
+    const row = page.locator(`[data-testid="job-row"][data-job-id="${id}"]`);
+    await expect(row.getByTestId("job-row-state")).toHaveText("running");
+    await row.getByTestId("job-row-cancel").click();
+    await expect(row.getByTestId("job-row-state")).toHaveText("cancelled", { timeout: 3_000 });
+    await expect(row.getByTestId("job-row-cancel")).toHaveCount(0);
+  });
+});

@@ -1,0 +1,235 @@
+//! The event hub: fans job changes out to whoever watches them (SSE streams, the job list).
+//!
+//! Each topic (one job, or all jobs of one owner) has its own broadcast channel, created when the
+//! first watcher subscribes and dropped once nobody listens, so a publish costs nothing when no
+//! page is open and never wakes watchers of other jobs. Events are shared (`Arc`), not cloned per
+//! subscriber.
+
+use crate::model::{Job, JobId, LogLine, Owner};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use tokio::sync::broadcast;
+
+/// How many events a slow watcher may fall behind before it is told it lagged.
+const CHANNEL_CAPACITY: usize = 256;
+
+/// Something that happened to a job.
+#[derive(Debug, Clone)]
+pub enum JobEvent {
+    /// The job's state, progress, stage, result or error changed; carries the whole job.
+    Changed(Arc<Shared<Job>>),
+    /// The job's handler appended a log line.
+    Log {
+        job_id: JobId,
+        line: Arc<Shared<LogLine>>,
+    },
+}
+
+/// A value every subscriber receives, with room for its wire form: the first subscriber to
+/// render it stores the text, and the others reuse it, so a change watched by 10,000 pages is
+/// serialised once, not 10,000 times.
+#[derive(Debug)]
+pub struct Shared<T> {
+    value: T,
+    rendered: OnceLock<Arc<str>>,
+}
+
+impl<T> Shared<T> {
+    pub fn new(value: T) -> Self {
+        Self {
+            value,
+            rendered: OnceLock::new(),
+        }
+    }
+
+    /// The value's wire form, made by `render` the first time it is asked for.
+    pub fn rendered(&self, render: impl FnOnce(&T) -> String) -> Arc<str> {
+        self.rendered
+            .get_or_init(|| Arc::from(render(&self.value)))
+            .clone()
+    }
+}
+
+impl<T> std::ops::Deref for Shared<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+/// What a watcher subscribes to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    Job(JobId),
+    Owner(Owner),
+}
+
+/// Routes job events to subscribers, in process.
+#[derive(Debug, Default)]
+pub struct Hub {
+    /// The open topics; `None` once the hub is closed.
+    topics: Mutex<Option<HashMap<Topic, broadcast::Sender<JobEvent>>>>,
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self {
+            topics: Mutex::new(Some(HashMap::new())),
+        }
+    }
+
+    /// Starts watching a topic. Events published from now on are received in order. On a
+    /// closed hub the receiver reports `Closed` at once.
+    pub fn subscribe(&self, topic: Topic) -> broadcast::Receiver<JobEvent> {
+        let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
+        match topics.as_mut() {
+            Some(topics) => topics
+                .entry(topic)
+                .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+                .subscribe(),
+            None => broadcast::channel(1).1,
+        }
+    }
+
+    /// Ends every watch: receivers see `Closed`, so event streams finish (used at shutdown).
+    pub fn close(&self) {
+        self.topics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
+    /// Announces a change of `job` to its own watchers and to its owner's.
+    pub fn job_changed(&self, job: Job) {
+        let owner = Topic::Owner(job.owner.clone());
+        let id = Topic::Job(job.id);
+        let event = JobEvent::Changed(Arc::new(Shared::new(job)));
+        self.publish(&id, event.clone());
+        self.publish(&owner, event);
+    }
+
+    /// Announces a new log line of a job to its watchers.
+    pub fn job_logged(&self, job_id: JobId, line: LogLine) {
+        let event = JobEvent::Log {
+            job_id,
+            line: Arc::new(Shared::new(line)),
+        };
+        self.publish(&Topic::Job(job_id), event);
+    }
+
+    fn publish(&self, topic: &Topic, event: JobEvent) {
+        let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(topics) = topics.as_mut() else {
+            return;
+        };
+        if let Some(sender) = topics.get(topic)
+            && sender.send(event).is_err()
+        {
+            // Nobody listens any more: forget the channel.
+            topics.remove(topic);
+        }
+    }
+
+    /// How many topics currently have a channel (for tests and metrics).
+    pub fn topic_count(&self) -> usize {
+        self.topics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, HashMap::len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::JobState;
+
+    fn job(owner: &str) -> Job {
+        let mut job = Job::new(Owner(owner.into()), "sleep", serde_json::json!({}), 1);
+        job.state = JobState::Running;
+        job.progress = Some(0.5);
+        job
+    }
+
+    #[tokio::test]
+    async fn watchers_get_only_their_topics() {
+        let hub = Hub::new();
+        let mine = job("alice");
+        let other = job("bob");
+        let mut by_job = hub.subscribe(Topic::Job(mine.id));
+        let mut by_owner = hub.subscribe(Topic::Owner(Owner("alice".into())));
+
+        hub.job_changed(other.clone());
+        hub.job_changed(mine.clone());
+        hub.job_logged(
+            mine.id,
+            LogLine {
+                seq: 1,
+                at: 0,
+                line: "hello".into(),
+            },
+        );
+
+        match by_job.recv().await {
+            Ok(JobEvent::Changed(job)) => assert_eq!(job.id, mine.id),
+            other => panic!("expected a change, got {other:?}"),
+        }
+        match by_job.recv().await {
+            Ok(JobEvent::Log { line, .. }) => assert_eq!(line.line, "hello"),
+            other => panic!("expected a log line, got {other:?}"),
+        }
+        match by_owner.recv().await {
+            Ok(JobEvent::Changed(job)) => assert_eq!(job.id, mine.id),
+            other => panic!("expected a change, got {other:?}"),
+        }
+        assert!(
+            by_owner.try_recv().is_err(),
+            "log lines go to the job topic only"
+        );
+    }
+
+    #[test]
+    fn a_shared_event_is_rendered_once() {
+        let shared = Shared::new(7_u32);
+        let calls = std::cell::Cell::new(0);
+        let render = |n: &u32| {
+            calls.set(calls.get() + 1);
+            n.to_string()
+        };
+        assert_eq!(&*shared.rendered(render), "7");
+        assert_eq!(&*shared.rendered(render), "7");
+        assert_eq!(calls.get(), 1);
+        assert_eq!(*shared, 7);
+    }
+
+    #[test]
+    fn channels_are_dropped_when_nobody_listens() {
+        let hub = Hub::new();
+        let job = job("alice");
+        let receiver = hub.subscribe(Topic::Job(job.id));
+        assert_eq!(hub.topic_count(), 1);
+        drop(receiver);
+        hub.job_changed(job);
+        assert_eq!(hub.topic_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn closing_the_hub_ends_every_watch() {
+        let hub = Hub::new();
+        let job = job("alice");
+        let mut before = hub.subscribe(Topic::Job(job.id));
+        hub.close();
+        let mut after = hub.subscribe(Topic::Job(job.id));
+        hub.job_changed(job);
+        assert!(matches!(
+            before.recv().await,
+            Err(broadcast::error::RecvError::Closed)
+        ));
+        assert!(matches!(
+            after.recv().await,
+            Err(broadcast::error::RecvError::Closed)
+        ));
+    }
+}

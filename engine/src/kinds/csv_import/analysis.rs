@@ -1,0 +1,308 @@
+//! The CSV analysis itself: a streaming pass over the records that keeps only per-column
+//! counters, so memory stays flat however large the file is.
+
+use serde::Serialize;
+use std::collections::HashMap;
+use std::io::Read;
+
+/// Distinct values counted per column before counting stops growing.
+pub const DISTINCT_CAP: usize = 1_000;
+/// Invalid rows listed (all are counted).
+pub const INVALID_LISTED: usize = 1_000;
+/// Most common values reported per column.
+const TOP: usize = 5;
+
+/// What the analysis found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Analysis {
+    /// Valid data rows (the header is not a row).
+    pub rows: u64,
+    pub columns: Vec<ColumnReport>,
+    pub invalid_count: u64,
+    /// The first [`INVALID_LISTED`] invalid rows.
+    pub invalid_rows: Vec<InvalidRow>,
+}
+
+/// One column's report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ColumnReport {
+    pub name: String,
+    /// integer, float, boolean, date or text (the narrowest type every value fits).
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Non-empty values.
+    pub count: u64,
+    pub empty: u64,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub mean: Option<f64>,
+    /// Distinct values, counted up to [`DISTINCT_CAP`].
+    pub distinct: u64,
+    /// True when there were more distinct values than were counted.
+    pub distinct_capped: bool,
+    /// The most common values with their counts.
+    pub top: Vec<(String, u64)>,
+}
+
+/// A row that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InvalidRow {
+    /// 1-based line in the file (the header is line 1).
+    pub line: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Default)]
+struct Column {
+    name: String,
+    count: u64,
+    empty: u64,
+    integer: bool,
+    float: bool,
+    boolean: bool,
+    date: bool,
+    min: f64,
+    max: f64,
+    sum: f64,
+    values: HashMap<String, u64>,
+    capped: bool,
+}
+
+impl Column {
+    fn new(name: String) -> Self {
+        Self {
+            name,
+            integer: true,
+            float: true,
+            boolean: true,
+            date: true,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            ..Self::default()
+        }
+    }
+
+    fn add(&mut self, raw: &str) {
+        let value = raw.trim();
+        if value.is_empty() {
+            self.empty += 1;
+            return;
+        }
+        self.count += 1;
+        self.integer &= value.parse::<i64>().is_ok();
+        let number = value.parse::<f64>().ok().filter(|n| n.is_finite());
+        self.float &= number.is_some();
+        if let Some(n) = number {
+            self.min = self.min.min(n);
+            self.max = self.max.max(n);
+            self.sum += n;
+        }
+        self.boolean &= matches!(
+            value.to_ascii_lowercase().as_str(),
+            "true" | "false" | "yes" | "no"
+        );
+        self.date &= chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d").is_ok();
+        if let Some(n) = self.values.get_mut(value) {
+            *n += 1;
+        } else if self.values.len() < DISTINCT_CAP {
+            self.values.insert(value.to_owned(), 1);
+        } else {
+            self.capped = true;
+        }
+    }
+
+    fn report(self) -> ColumnReport {
+        let any = self.count > 0;
+        let kind = match () {
+            _ if !any => "text",
+            _ if self.integer => "integer",
+            _ if self.float => "float",
+            _ if self.boolean => "boolean",
+            _ if self.date => "date",
+            _ => "text",
+        };
+        let numeric = any && self.float;
+        let mut top: Vec<(String, u64)> = self.values.into_iter().collect();
+        let distinct = top.len() as u64;
+        top.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(TOP);
+        ColumnReport {
+            name: self.name,
+            kind,
+            count: self.count,
+            empty: self.empty,
+            min: numeric.then_some(self.min),
+            max: numeric.then_some(self.max),
+            mean: numeric.then(|| self.sum / self.count as f64),
+            distinct,
+            distinct_capped: self.capped,
+            top,
+        }
+    }
+}
+
+/// Reads CSV from `input`, calling `progress(bytes read so far)` every few thousand records; it
+/// stops early (with an error) when `progress` returns false. Malformed rows are reported, not
+/// fatal; an unreadable file or a missing header is an error.
+pub fn analyze<R: Read>(
+    input: R,
+    mut progress: impl FnMut(u64) -> bool,
+) -> Result<Analysis, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .has_headers(false)
+        .from_reader(input);
+    let mut record = csv::ByteRecord::new();
+    let header = match reader.read_byte_record(&mut record) {
+        Ok(true) => record.clone(),
+        Ok(false) => return Err("the file is empty".into()),
+        Err(err) => return Err(format!("could not read the header: {err}")),
+    };
+    let mut columns: Vec<Column> = header
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let name = String::from_utf8_lossy(name).trim().to_owned();
+            Column::new(if name.is_empty() {
+                format!("column {}", i + 1)
+            } else {
+                name
+            })
+        })
+        .collect();
+    let mut rows = 0_u64;
+    let mut invalid = Invalid::default();
+
+    loop {
+        let read = reader.read_byte_record(&mut record);
+        let line = record.position().map_or(0, |p| p.line());
+        match read {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(err) => {
+                if let csv::ErrorKind::Io(io) = err.kind() {
+                    return Err(format!("could not read the file: {io}"));
+                }
+                invalid.add(line, err.to_string());
+                continue;
+            }
+        }
+        if record.len() != columns.len() {
+            invalid.add(
+                line,
+                format!("expected {} fields, found {}", columns.len(), record.len()),
+            );
+        } else {
+            match record
+                .iter()
+                .map(std::str::from_utf8)
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(values) => {
+                    rows += 1;
+                    for (column, value) in columns.iter_mut().zip(values) {
+                        column.add(value);
+                    }
+                }
+                Err(_) => invalid.add(line, "not valid UTF-8".into()),
+            }
+        }
+        if (rows + invalid.count).is_multiple_of(4096) && !progress(reader.position().byte()) {
+            return Err("cancelled".into());
+        }
+    }
+    progress(reader.position().byte());
+    Ok(Analysis {
+        rows,
+        columns: columns.into_iter().map(Column::report).collect(),
+        invalid_count: invalid.count,
+        invalid_rows: invalid.listed,
+    })
+}
+
+/// Counts invalid rows and keeps the first [`INVALID_LISTED`].
+#[derive(Default)]
+struct Invalid {
+    count: u64,
+    listed: Vec<InvalidRow>,
+}
+
+impl Invalid {
+    fn add(&mut self, line: u64, reason: String) {
+        self.count += 1;
+        if self.listed.len() < INVALID_LISTED {
+            self.listed.push(InvalidRow { line, reason });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(text: &str) -> Analysis {
+        analyze(text.as_bytes(), |_| true).expect("analysis")
+    }
+
+    #[test]
+    fn types_and_statistics_are_inferred_per_column() {
+        let report = run("id,price,active,day,name\n\
+                          1,2.5,true,2026-01-01,\"Lovelace, Ada\"\n\
+                          2,3,false,2026-01-02,Grace\n\
+                          3,,yes,2026-01-03,Grace\n");
+        assert_eq!(report.rows, 3);
+        let kinds: Vec<_> = report.columns.iter().map(|c| c.kind).collect();
+        assert_eq!(kinds, ["integer", "float", "boolean", "date", "text"]);
+        let price = &report.columns[1];
+        assert_eq!((price.count, price.empty), (2, 1));
+        assert_eq!(
+            (price.min, price.max, price.mean),
+            (Some(2.5), Some(3.0), Some(2.75))
+        );
+        let name = &report.columns[4];
+        assert_eq!(name.distinct, 2);
+        assert_eq!(name.top[0], ("Grace".to_owned(), 2));
+        assert_eq!(name.min, None);
+    }
+
+    #[test]
+    fn bad_rows_are_listed_with_their_lines() {
+        let report = run("a,b,c\n1,2,3\n4,5\n6,7,8,9\n10,11,12\n");
+        assert_eq!(report.rows, 2);
+        assert_eq!(report.invalid_count, 2);
+        assert_eq!(
+            report.invalid_rows,
+            [
+                InvalidRow {
+                    line: 3,
+                    reason: "expected 3 fields, found 2".into()
+                },
+                InvalidRow {
+                    line: 4,
+                    reason: "expected 3 fields, found 4".into()
+                },
+            ]
+        );
+        let bad_utf8 = analyze(&b"a\n\xff\xfe\n"[..], |_| true).expect("analysis");
+        assert_eq!(bad_utf8.invalid_rows[0].reason, "not valid UTF-8");
+    }
+
+    #[test]
+    fn distinct_values_are_capped() {
+        let mut text = String::from("n\n");
+        for i in 0..(DISTINCT_CAP + 10) {
+            text.push_str(&format!("{i}\n"));
+        }
+        let column = &run(&text).columns[0];
+        assert_eq!(column.distinct, DISTINCT_CAP as u64);
+        assert!(column.distinct_capped);
+        assert_eq!(column.count, DISTINCT_CAP as u64 + 10);
+    }
+
+    #[test]
+    fn an_empty_file_is_an_error_and_a_stop_request_stops() {
+        assert!(analyze(&b""[..], |_| true).is_err());
+        let big = "x\n".repeat(10_000);
+        assert_eq!(analyze(big.as_bytes(), |_| false), Err("cancelled".into()));
+    }
+}

@@ -1,0 +1,460 @@
+//! Errand's job engine: the registry of jobs, the event hub, the job kinds and the apalis queue,
+//! tied together by [`Engine`]. This crate knows nothing of HTTP, sessions or Leptos: the web
+//! layer hands it an [`Owner`] and plain values, and gets plain values back.
+
+pub mod files;
+pub mod hub;
+pub mod kinds;
+pub mod model;
+pub mod queue;
+pub mod registry;
+pub mod worker;
+
+pub use files::{Files, StoredUpload, UploadId, UploadMeta};
+pub use hub::{Hub, JobEvent, Shared, Topic};
+pub use kinds::{
+    FormFields, InvalidInput, JobError, JobKind, Kinds, RetryPolicy, SubmitContext, form_delay,
+};
+pub use model::{Job, JobId, JobState, LogLine, Owner, now_ms};
+pub use queue::{Queue, QueueError, QueuedJob};
+pub use registry::{JobFilter, Registry, RegistryError};
+pub use worker::JobContext;
+
+use apalis::prelude::*;
+use serde_json::Value;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// Where the engine keeps its data and how it runs jobs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Folder for the registry and queue files; created if missing.
+    pub data_dir: PathBuf,
+    /// How many jobs one process runs at once.
+    pub concurrency: usize,
+    /// How long shutdown waits for running jobs before giving up on them.
+    pub shutdown_grace: Duration,
+    /// Internal addresses (loopback, private…) that webhook jobs may call anyway.
+    pub webhook_allow: Vec<std::net::IpAddr>,
+}
+
+impl EngineConfig {
+    /// Defaults for a data dir: 32 jobs at once, 30 s of grace at shutdown.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            concurrency: 32,
+            shutdown_grace: Duration::from_secs(30),
+            webhook_allow: Vec::new(),
+        }
+    }
+}
+
+/// Any failure of the engine's storage. Its text is for logs, never for a client.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("could not create the data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("worker failed: {0}")]
+    Worker(String),
+    #[error("file storage error: {0}")]
+    Files(#[from] std::io::Error),
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    /// The job had not started; it is cancelled and will never run.
+    Cancelled(Box<Job>),
+    /// The job is running; its handler has been signalled and will end it as cancelled.
+    Requested,
+    /// The job had already ended in this state.
+    AlreadyFinished(JobState),
+}
+
+/// Why a submission made no job.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The input was not a valid job; nothing was stored.
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    /// Storage failed; nothing was queued.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// A job with its log and the jobs that retry it by hand.
+#[derive(Debug, Clone)]
+pub struct JobDetail {
+    pub job: Job,
+    pub logs: Vec<LogLine>,
+    pub retried_as: Vec<JobId>,
+}
+
+/// How a submission should be queued, besides its parameters.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitOptions {
+    /// A key the client chose; a second submission with the same key makes no second job.
+    pub idempotency_key: Option<String>,
+    /// Not before this time (unix ms).
+    pub run_at: Option<i64>,
+    /// The job this one retries.
+    pub retry_of: Option<JobId>,
+}
+
+/// What a submission made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Submitted {
+    pub id: JobId,
+    /// True when the idempotency key named an earlier job and nothing new was made.
+    pub existing: bool,
+}
+
+/// A new job's parameters, as they arrived.
+#[derive(Debug, Clone)]
+pub enum Params {
+    /// JSON, from the API.
+    Json(Value),
+    /// Text fields, from an HTML form.
+    Form(FormFields),
+}
+
+/// The engine: cheap to clone, shared by the web layer and the workers.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: EngineConfig,
+    registry: Registry,
+    queue: Queue,
+    hub: Hub,
+    kinds: Kinds,
+    files: Files,
+    running: worker::Running,
+}
+
+impl Engine {
+    /// Opens the registry and queue in the data dir, with the built-in kinds.
+    pub async fn open(config: EngineConfig) -> Result<Self, EngineError> {
+        let kinds = Kinds::builtin(&config.webhook_allow);
+        Self::open_with_kinds(config, kinds).await
+    }
+
+    /// Opens the engine with a chosen table of kinds.
+    pub async fn open_with_kinds(config: EngineConfig, kinds: Kinds) -> Result<Self, EngineError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| EngineError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let registry = Registry::open(&config.data_dir.join("errand.db")).await?;
+        let queue = Queue::open(&config.data_dir.join("queue.db")).await?;
+        let files = Files::open(config.data_dir.join("files"))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                registry,
+                queue,
+                hub: Hub::new(),
+                kinds,
+                files,
+                running: worker::Running::default(),
+            }),
+        })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    pub fn kinds(&self) -> &Kinds {
+        &self.inner.kinds
+    }
+
+    pub fn files(&self) -> &Files {
+        &self.inner.files
+    }
+
+    pub fn queue(&self) -> &Queue {
+        &self.inner.queue
+    }
+
+    pub(crate) fn running(&self) -> &worker::Running {
+        &self.inner.running
+    }
+
+    /// Validates and records a job for `owner`, queues it and returns its id at once. With an
+    /// idempotency key this owner already used, no job is made and the earlier one is returned.
+    #[tracing::instrument(skip(self, params, options), fields(job_id))]
+    pub async fn submit(
+        &self,
+        owner: &Owner,
+        kind: &str,
+        params: Params,
+        options: SubmitOptions,
+    ) -> Result<Submitted, SubmitError> {
+        let kinds = self.kinds();
+        let cx = SubmitContext {
+            owner,
+            files: self.files(),
+        };
+        let params = match params {
+            Params::Json(value) => kinds.params_from_json(kind, value, &cx)?,
+            Params::Form(fields) => kinds.params_from_form(kind, &fields, &cx)?,
+        };
+        if let Some(key) = &options.idempotency_key
+            && (key.is_empty() || key.len() > 200)
+        {
+            return Err(
+                InvalidInput::field("idempotency_key", "must be 1 to 200 characters").into(),
+            );
+        }
+        if options
+            .run_at
+            .is_some_and(|at| at > model::now_ms() + kinds::MAX_DELAY_MS)
+        {
+            return Err(InvalidInput::field("run_at", "must be within 30 days").into());
+        }
+        let mut job = Job::new(owner.clone(), kind, params, kinds.policy(kind).max_attempts);
+        job.idempotency_key = options.idempotency_key;
+        job.run_at = options.run_at.filter(|at| *at > job.created_at);
+        job.retry_of = options.retry_of;
+        tracing::Span::current().record("job_id", tracing::field::display(job.id));
+        self.enqueue(job).await
+    }
+
+    /// Records a new job and pushes its first delivery.
+    async fn enqueue(&self, job: Job) -> Result<Submitted, SubmitError> {
+        if let Some(existing) = self
+            .registry()
+            .insert(&job)
+            .await
+            .map_err(EngineError::from)?
+        {
+            return Ok(Submitted {
+                id: existing.id,
+                existing: true,
+            });
+        }
+        if let Err(err) = self.queue().push(job.id, job.delivery, job.run_at).await {
+            // Never leave a job that no worker will ever see.
+            if let Err(cleanup) = self.registry().delete(job.id).await {
+                tracing::error!(%cleanup, "could not remove a job whose push failed");
+            }
+            return Err(EngineError::from(err).into());
+        }
+        let id = job.id;
+        self.hub().job_changed(job);
+        Ok(Submitted {
+            id,
+            existing: false,
+        })
+    }
+
+    /// Starts a new job with the kind and parameters of `owner`'s failed or cancelled job `id`,
+    /// linked to it. `None` when there is no such job; `Err(state)` when it did not fail.
+    pub async fn retry(
+        &self,
+        owner: &Owner,
+        id: JobId,
+    ) -> Result<Option<Result<JobId, JobState>>, SubmitError> {
+        let Some(original) = self.job(owner, id).await? else {
+            return Ok(None);
+        };
+        if !matches!(original.state, JobState::Failed | JobState::Cancelled) {
+            return Ok(Some(Err(original.state)));
+        }
+        let mut job = Job::new(
+            owner.clone(),
+            &original.kind,
+            original.params,
+            self.kinds().policy(&original.kind).max_attempts,
+        );
+        job.retry_of = Some(id);
+        Ok(Some(Ok(self.enqueue(job).await?.id)))
+    }
+
+    /// Puts back in the queue every job a crash left running, counting the lost attempt, so a
+    /// restarted single-node server runs them again at once. Returns how many.
+    pub async fn recover_interrupted(&self) -> Result<usize, EngineError> {
+        let running = self.registry().running().await?;
+        for job in &running {
+            let message = "the server stopped while the job ran";
+            if let Some(queued) = self.registry().requeue(job.id, None, Some(message)).await? {
+                self.queue().push(job.id, queued.delivery, None).await?;
+                self.hub().job_changed(queued);
+            }
+        }
+        Ok(running.len())
+    }
+
+    /// Deletes every job that finished more than `age` ago, with its files and its records in
+    /// the queue. Returns how many jobs.
+    pub async fn purge_finished(&self, age: Duration) -> Result<usize, EngineError> {
+        let cutoff = model::now_ms() - age.as_millis() as i64;
+        self.queue().purge_finished(cutoff).await?;
+        let mut purged = 0;
+        loop {
+            let expired = self.registry().expired(cutoff, 500).await?;
+            if expired.is_empty() {
+                return Ok(purged);
+            }
+            for job in &expired {
+                self.delete(&job.owner, job.id).await?;
+            }
+            purged += expired.len();
+        }
+    }
+
+    /// `owner`'s job `id`, or `None` if it does not exist or belongs to someone else.
+    pub async fn job(&self, owner: &Owner, id: JobId) -> Result<Option<Job>, EngineError> {
+        Ok(self.registry().get_owned(owner, id).await?)
+    }
+
+    /// `owner`'s job `id` with its kept log lines and the jobs that retry it.
+    pub async fn job_with_logs(
+        &self,
+        owner: &Owner,
+        id: JobId,
+    ) -> Result<Option<JobDetail>, EngineError> {
+        let Some(job) = self.job(owner, id).await? else {
+            return Ok(None);
+        };
+        let logs = self.registry().logs(id).await?;
+        let retried_as = self.registry().retries_of(id).await?;
+        Ok(Some(JobDetail {
+            job,
+            logs,
+            retried_as,
+        }))
+    }
+
+    /// The jobs that match `filter` (always one owner's), newest first, older than `before`.
+    pub async fn list(
+        &self,
+        filter: &JobFilter,
+        limit: u32,
+        before: Option<JobId>,
+    ) -> Result<Vec<Job>, EngineError> {
+        Ok(self.registry().list(filter, before, limit).await?)
+    }
+
+    /// Cancels `owner`'s job `id`: at once if it has not started, by signalling its handler if it
+    /// runs. `None` when there is no such job for `owner`.
+    pub async fn cancel(
+        &self,
+        owner: &Owner,
+        id: JobId,
+    ) -> Result<Option<CancelOutcome>, EngineError> {
+        let Some(job) = self.job(owner, id).await? else {
+            return Ok(None);
+        };
+        if job.state.is_terminal() {
+            return Ok(Some(CancelOutcome::AlreadyFinished(job.state)));
+        }
+        if let Some(cancelled) = self.registry().cancel_queued(id).await? {
+            self.hub().job_changed(cancelled.clone());
+            return Ok(Some(CancelOutcome::Cancelled(Box::new(cancelled))));
+        }
+        // It started in the meantime (or was running already): signal its handler.
+        self.running().cancel(id);
+        match self.job(owner, id).await? {
+            Some(job) if job.state.is_terminal() && job.state != JobState::Cancelled => {
+                Ok(Some(CancelOutcome::AlreadyFinished(job.state)))
+            }
+            _ => Ok(Some(CancelOutcome::Requested)),
+        }
+    }
+
+    /// Deletes `owner`'s finished job `id` with its log, its output files and its upload.
+    /// Returns the job's state when it is not finished (nothing is deleted), `None` when there is
+    /// no such job.
+    pub async fn delete(
+        &self,
+        owner: &Owner,
+        id: JobId,
+    ) -> Result<Option<Result<(), JobState>>, EngineError> {
+        let Some(job) = self.job(owner, id).await? else {
+            return Ok(None);
+        };
+        if !job.state.is_terminal() {
+            return Ok(Some(Err(job.state)));
+        }
+        self.registry().delete(id).await?;
+        self.files().delete_job(id)?;
+        if let Some(upload) = job
+            .params
+            .get("upload")
+            .and_then(|u| u.as_str()?.parse().ok())
+        {
+            self.files().delete_upload(upload)?;
+        }
+        Ok(Some(Ok(())))
+    }
+
+    /// Watches a job or an owner's jobs. Subscribe before reading a snapshot so no change is
+    /// missed in between.
+    pub fn subscribe(&self, topic: Topic) -> broadcast::Receiver<JobEvent> {
+        self.hub().subscribe(topic)
+    }
+
+    /// Runs this process's workers until `shutdown` resolves, then lets running jobs finish
+    /// within the configured grace period.
+    pub async fn run_workers(
+        &self,
+        worker_name: String,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), EngineError> {
+        let recovered = self.recover_interrupted().await?;
+        if recovered > 0 {
+            tracing::warn!(
+                recovered,
+                "requeued jobs that were running when the server stopped"
+            );
+        }
+        let engine = self.clone();
+        let concurrency = self.inner.config.concurrency;
+        Monitor::new()
+            .register(move |_restarts| {
+                WorkerBuilder::new(worker_name.clone())
+                    .backend(engine.inner.queue.worker_backend())
+                    .data(engine.clone())
+                    .concurrency(concurrency)
+                    .parallelize(tokio::spawn)
+                    .build(run_queued_job)
+            })
+            .shutdown_timeout(self.inner.config.shutdown_grace)
+            .run_with_signal(async move {
+                shutdown.await;
+                Ok(())
+            })
+            .await
+            .map_err(|e| EngineError::Worker(e.to_string()))
+    }
+}
+
+/// The apalis handler: runs the job whose id came off the queue. Storage errors go back to
+/// apalis so the task is not acknowledged as done.
+async fn run_queued_job(task: QueuedJob, engine: Data<Engine>) -> Result<(), BoxDynError> {
+    let id = task.job_id;
+    worker::execute(&engine, task).await.map_err(|err| {
+        tracing::error!(job_id = %id, %err, "could not run job");
+        Box::new(err) as BoxDynError
+    })
+}

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Shared helpers for Errand's scripts: tool installation that works on a fresh Debian machine
+# whose only network access is the package registries (crates.io, npm, Debian).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CARGO_LEPTOS_VERSION="0.3.11"
+export PATH="$HOME/.cargo/bin:$ROOT/node_modules/.bin:$PATH"
+# One cargo target dir per machine, outside the clone, so a fresh clone (CI) reuses earlier builds.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/errand/target}"
+
+log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
+
+# Unpacks a crate's published source into cargo's registry and prints its folder.
+crate_source() {
+  local name="$1" version="$2"
+  cargo info "$name@$version" >/dev/null 2>&1 || true
+  local dir
+  dir=$(ls -d "$HOME"/.cargo/registry/src/*/"$name-$version" 2>/dev/null | head -n 1)
+  [ -n "$dir" ] || { echo "could not fetch the source of $name $version" >&2; return 1; }
+  echo "$dir"
+}
+
+# Installs a crate from a copy of its source after pinning one dependency back, because the
+# published lockfiles of these tools name versions that rustc 1.95 or the index cannot satisfy.
+install_with_pin() {
+  local name="$1" version="$2" dep="$3" dep_version="$4"
+  local src work
+  src=$(crate_source "$name" "$version")
+  work=$(mktemp -d)
+  cp -r "$src" "$work/src"
+  (cd "$work/src" && cargo update -p "$dep" --precise "$dep_version" \
+     && cargo install --path . --locked --force)
+  rm -rf "$work"
+}
+
+ensure_wasm_target() {
+  if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+    log "adding the wasm32-unknown-unknown target"
+    rustup target add wasm32-unknown-unknown
+  fi
+}
+
+ensure_cargo_leptos() {
+  if cargo leptos --version 2>/dev/null | grep -q "$CARGO_LEPTOS_VERSION"; then return; fi
+  log "installing cargo-leptos $CARGO_LEPTOS_VERSION (about 15 minutes on 2 cores, once)"
+  install_with_pin cargo-leptos "$CARGO_LEPTOS_VERSION" cargo-util-schemas 0.14.1
+}
+
+# wasm-bindgen-cli must match the wasm-bindgen version in Cargo.lock exactly.
+ensure_wasm_bindgen() {
+  local want
+  want=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/version = |"/, ""); print; exit}' "$ROOT/Cargo.lock")
+  if wasm-bindgen --version 2>/dev/null | grep -q " $want\$"; then return; fi
+  log "installing wasm-bindgen-cli $want"
+  if ! cargo install wasm-bindgen-cli --version "=$want" --locked --force; then
+    install_with_pin wasm-bindgen-cli "$want" webpki-roots 1.0.10
+  fi
+}
+
+# npm packages: binaryen's wasm-opt for release builds, Playwright for the browser tests.
+ensure_node_modules() {
+  if [ ! -x "$ROOT/node_modules/.bin/wasm-opt" ] || [ ! -d "$ROOT/node_modules/@playwright/test" ] \
+     || [ "$ROOT/package-lock.json" -nt "$ROOT/node_modules/.package-lock.json" ]; then
+    log "installing npm packages"
+    (cd "$ROOT" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+  fi
+}
+
+ensure_chromium() {
+  if [ -x /usr/bin/chromium ]; then return; fi
+  log "installing Debian's Chromium for the browser tests"
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q chromium
+}
+
+ensure_build_tools() {
+  ensure_wasm_target
+  ensure_cargo_leptos
+  ensure_wasm_bindgen
+  ensure_node_modules
+}

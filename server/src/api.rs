@@ -1,0 +1,416 @@
+//! The JSON API and the event streams. Handlers are thin: take the session's owner, parse, call
+//! the engine, map errors through [`ApiError`].
+
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, KeepAliveStream, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Router, routing::get};
+use errand_app::server::{detail_view, job_view, list_view, log_view};
+use errand_engine::{
+    CancelOutcome, Engine, EngineError, JobEvent, JobFilter, JobId, Owner, Params, Shared,
+    SubmitError, SubmitOptions, Topic, now_ms,
+};
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt, stream};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use tokio::sync::broadcast::error::RecvError;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Default and largest page of `GET /api/jobs`.
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 200;
+
+/// The API's routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/jobs", get(list).post(submit))
+        .route("/api/jobs/events", get(owner_events))
+        .route("/api/jobs/{id}", get(job).delete(delete_job))
+        .route("/api/jobs/{id}/cancel", axum::routing::post(cancel))
+        .route("/api/jobs/{id}/retry", axum::routing::post(retry))
+        .route("/api/jobs/{id}/events", get(job_events))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+/// Errors of the JSON API, each with its status code and a `{"error", "field"}` body.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest {
+        message: String,
+        field: Option<String>,
+    },
+    #[error("job not found")]
+    NotFound,
+    #[error("request body is larger than 64 KiB")]
+    TooLarge,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("an internal error occurred")]
+    Internal,
+}
+
+impl ApiError {
+    fn bad(message: impl Into<String>, field: Option<&str>) -> Self {
+        ApiError::BadRequest {
+            message: message.into(),
+            field: field.map(str::to_owned),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let field = match &self {
+            ApiError::BadRequest { field, .. } => field.clone(),
+            _ => None,
+        };
+        (
+            status,
+            Json(json!({ "error": self.to_string(), "field": field })),
+        )
+            .into_response()
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(err: EngineError) -> Self {
+        tracing::error!(%err, "API request failed");
+        ApiError::Internal
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(err: SubmitError) -> Self {
+        match err {
+            SubmitError::Invalid(invalid) => ApiError::BadRequest {
+                message: invalid.message,
+                field: invalid.field.map(|f| {
+                    if f == "kind" {
+                        f
+                    } else {
+                        format!("params.{f}")
+                    }
+                }),
+            },
+            SubmitError::Engine(err) => err.into(),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge
+        } else {
+            ApiError::bad(rejection.body_text(), None)
+        }
+    }
+}
+
+fn parse_id(text: &str) -> Result<JobId, ApiError> {
+    // An id that cannot exist is simply not found, like any other missing job.
+    text.parse().map_err(|_| ApiError::NotFound)
+}
+
+/// `POST /api/jobs` `{"kind": "...", "params": {...}}` → 202 `{"id": "..."}`.
+#[tracing::instrument(skip_all)]
+async fn submit(
+    State(engine): State<Engine>,
+    Extension(owner): Extension<Owner>,
+    headers: axum::http::HeaderMap,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::bad("must be printable text", Some("Idempotency-Key")))?
+                .to_owned(),
+        ),
+    };
+    let Json(mut body) = body?;
+    let Some(object) = body.as_object_mut() else {
+        return Err(ApiError::bad("the body must be a JSON object", None));
+    };
+    let kind = match object.remove("kind") {
+        Some(Value::String(kind)) => kind,
+        Some(_) => return Err(ApiError::bad("must be a string", Some("kind"))),
+        None => return Err(ApiError::bad("is required", Some("kind"))),
+    };
+    let params = object.remove("params").unwrap_or_else(|| json!({}));
+    let run_at = start_time(object.remove("delay_ms"), object.remove("run_at"))?;
+    if let Some(unknown) = object.keys().next() {
+        return Err(ApiError::bad(
+            format!("unknown field {unknown:?}"),
+            Some(unknown),
+        ));
+    }
+    let options = SubmitOptions {
+        idempotency_key,
+        run_at,
+        retry_of: None,
+    };
+    let submitted = engine
+        .submit(&owner, &kind, Params::Json(params), options)
+        .await?;
+    let status = if submitted.existing {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((
+        status,
+        Json(json!({ "id": submitted.id.to_string(), "existing": submitted.existing })),
+    ))
+}
+
+/// When a submitted job may start: `delay_ms` from now, or `run_at` (RFC 3339), or now.
+fn start_time(delay_ms: Option<Value>, run_at: Option<Value>) -> Result<Option<i64>, ApiError> {
+    match (delay_ms, run_at) {
+        (Some(_), Some(_)) => Err(ApiError::bad(
+            "give delay_ms or run_at, not both",
+            Some("run_at"),
+        )),
+        (Some(delay), None) => {
+            let ms = delay
+                .as_u64()
+                .and_then(|ms| i64::try_from(ms).ok())
+                .ok_or_else(|| {
+                    ApiError::bad("must be a whole number of milliseconds", Some("delay_ms"))
+                })?;
+            Ok(Some(now_ms() + ms))
+        }
+        (None, Some(at)) => {
+            let at = at
+                .as_str()
+                .and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok())
+                .ok_or_else(|| ApiError::bad("must be an RFC 3339 time", Some("run_at")))?;
+            Ok(Some(at.timestamp_millis()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// `POST /api/jobs/{id}/retry` → 202 `{"id"}` of a new job like the failed or cancelled one.
+async fn retry(
+    State(engine): State<Engine>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    match engine
+        .retry(&owner, parse_id(&id)?)
+        .await?
+        .ok_or(ApiError::NotFound)?
+    {
+        Ok(new_id) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "id": new_id.to_string(), "retry_of": id })),
+        )),
+        Err(state) => Err(ApiError::Conflict(format!(
+            "only failed or cancelled jobs can be retried; this one is {}",
+            state.as_str()
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<String>,
+    before: Option<String>,
+    state: Option<String>,
+}
+
+/// `GET /api/jobs?limit=&before=` → this session's jobs, newest first.
+async fn list(
+    State(engine): State<Engine>,
+    Extension(owner): Extension<Owner>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad(e.body_text(), None))?;
+    let limit = match query.limit.as_deref() {
+        None => DEFAULT_LIMIT,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad(format!("must be between 1 and {MAX_LIMIT}"), Some("limit"))
+            })?,
+    };
+    let before = match query.before.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(
+            text.parse()
+                .map_err(|_| ApiError::bad("is not a job id", Some("before")))?,
+        ),
+    };
+    let mut filter = JobFilter::owner(owner);
+    if let Some(state) = query.state.as_deref().filter(|s| !s.is_empty()) {
+        filter.state = Some(
+            state
+                .parse()
+                .map_err(|_| ApiError::bad("is not a job state", Some("state")))?,
+        );
+    }
+    let jobs = engine.list(&filter, limit, before).await?;
+    Ok(Json(list_view(&jobs, limit)))
+}
+
+/// `GET /api/jobs/{id}` → the job, or 404 for unknown ids and other sessions' jobs.
+async fn job(
+    State(engine): State<Engine>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let job = engine
+        .job(&owner, parse_id(&id)?)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(job_view(&job)))
+}
+
+/// `POST /api/jobs/{id}/cancel` → 200 with the cancelled job when it had not started, 202 when
+/// its handler was signalled, 409 when it already finished.
+async fn cancel(
+    State(engine): State<Engine>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    match engine.cancel(&owner, id).await?.ok_or(ApiError::NotFound)? {
+        CancelOutcome::Cancelled(job) => Ok(Json(job_view(&job)).into_response()),
+        CancelOutcome::Requested => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "id": id.to_string(), "cancel_requested": true })),
+        )
+            .into_response()),
+        CancelOutcome::AlreadyFinished(state) => Err(ApiError::Conflict(format!(
+            "the job already finished ({}); only queued or running jobs can be cancelled",
+            state.as_str()
+        ))),
+    }
+}
+
+/// `DELETE /api/jobs/{id}` → 204; the job, its log and its files are gone. 409 while it runs.
+async fn delete_job(
+    State(engine): State<Engine>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    match engine
+        .delete(&owner, parse_id(&id)?)
+        .await?
+        .ok_or(ApiError::NotFound)?
+    {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(state) => Err(ApiError::Conflict(format!(
+            "the job is {}; cancel it or wait until it finishes",
+            state.as_str()
+        ))),
+    }
+}
+
+type EventStream = Sse<KeepAliveStream<BoxStream<'static, Result<Event, Infallible>>>>;
+
+fn sse(stream: impl Stream<Item = Event> + Send + 'static) -> EventStream {
+    Sse::new(stream.map(Ok).boxed()).keep_alive(KeepAlive::default())
+}
+
+fn event(name: &str, data: &impl serde::Serialize) -> Event {
+    Event::default()
+        .event(name)
+        .json_data(data)
+        .unwrap_or_else(|_| Event::default().comment("unserialisable event"))
+}
+
+/// An event from the hub, serialised once for all its subscribers.
+fn shared_event<T, V: serde::Serialize>(
+    name: &str,
+    shared: &Shared<T>,
+    view: impl FnOnce(&T) -> V,
+) -> Event {
+    let text = shared.rendered(|value| serde_json::to_string(&view(value)).unwrap_or_default());
+    Event::default().event(name).data(&*text)
+}
+
+/// `GET /api/jobs/{id}/events`: a snapshot, then one event per change; ends after the terminal
+/// state.
+async fn job_events(
+    State(engine): State<Engine>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+) -> Result<EventStream, ApiError> {
+    use errand_app::wire::event::{JOB, LOG, SNAPSHOT};
+
+    let id = parse_id(&id)?;
+    // Subscribe first so nothing that happens after the snapshot is read can be missed.
+    let receiver = engine.subscribe(Topic::Job(id));
+    let detail = engine
+        .job_with_logs(&owner, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let snapshot = event(SNAPSHOT, &detail_view(&detail));
+    if detail.job.state.is_terminal() {
+        return Ok(sse(stream::once(async { snapshot })));
+    }
+
+    let changes = stream::unfold(Some((receiver, engine, owner)), move |state| async move {
+        let (mut receiver, engine, owner) = state?;
+        match receiver.recv().await {
+            Ok(JobEvent::Changed(job)) => {
+                let next = (!job.state.is_terminal()).then_some((receiver, engine, owner));
+                Some((shared_event(JOB, &job, job_view), next))
+            }
+            Ok(JobEvent::Log { line, .. }) => Some((
+                shared_event(LOG, &line, log_view),
+                Some((receiver, engine, owner)),
+            )),
+            Err(RecvError::Lagged(_)) => {
+                // Too slow to follow every change: send a fresh snapshot instead.
+                let detail = engine.job_with_logs(&owner, id).await.ok().flatten()?;
+                let next = (!detail.job.state.is_terminal()).then_some((receiver, engine, owner));
+                Some((event(SNAPSHOT, &detail_view(&detail)), next))
+            }
+            Err(RecvError::Closed) => None,
+        }
+    });
+    Ok(sse(stream::once(async { snapshot }).chain(changes)))
+}
+
+/// `GET /api/jobs/events`: every change to this session's jobs, as `job` events.
+async fn owner_events(
+    State(engine): State<Engine>,
+    Extension(owner): Extension<Owner>,
+) -> EventStream {
+    use errand_app::wire::event::JOB;
+
+    let receiver = engine.subscribe(Topic::Owner(owner));
+    let changes = stream::unfold(receiver, |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(JobEvent::Changed(job)) => {
+                    return Some((shared_event(JOB, &job, job_view), receiver));
+                }
+                Ok(JobEvent::Log { .. }) | Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    sse(changes)
+}

@@ -1,0 +1,64 @@
+//! Configuration: defaults, overridden by environment variables (`ERRAND_…`, and cargo-leptos's
+//! `LEPTOS_SITE_ADDR` / `LEPTOS_SITE_ROOT`), overridden by flags.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "errand",
+    version,
+    about = "Hand long work to background workers and watch it live."
+)]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "LEPTOS_SITE_ADDR", default_value = "127.0.0.1:3000")]
+    pub addr: SocketAddr,
+
+    /// Folder for the job registry, the queue and the session key; created on first start.
+    #[arg(long, env = "ERRAND_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Folder holding the built browser assets (`pkg/`), as cargo-leptos writes them.
+    #[arg(long, env = "LEPTOS_SITE_ROOT", default_value = "target/site")]
+    pub site_root: PathBuf,
+
+    /// Key that signs session cookies: at least 64 bytes, hex-encoded. Generated into the data
+    /// dir on first start when not given.
+    #[arg(long, env = "ERRAND_SESSION_KEY", hide_env_values = true)]
+    pub session_key: Option<String>,
+
+    /// How many jobs this process runs at once.
+    #[arg(long, env = "ERRAND_CONCURRENCY", default_value_t = 32)]
+    pub concurrency: usize,
+
+    /// Seconds that shutdown waits for running jobs.
+    #[arg(long, env = "ERRAND_SHUTDOWN_GRACE", default_value_t = 30)]
+    pub shutdown_grace: u64,
+
+    /// Days a finished job (with its log and files) is kept before it is deleted.
+    #[arg(long, env = "ERRAND_RETENTION_DAYS", default_value_t = 7.0)]
+    pub retention_days: f64,
+
+    /// Internal IP addresses (comma-separated) that webhook jobs may call despite the rule
+    /// against loopback, private and link-local addresses, e.g. `127.0.0.1` for a local receiver.
+    #[arg(long, env = "ERRAND_WEBHOOK_ALLOW", value_delimiter = ',')]
+    pub webhook_allow: Vec<std::net::IpAddr>,
+}
+
+impl Config {
+    /// Defaults for a data dir, listening on a free local port (for tests).
+    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.into(),
+            site_root: PathBuf::from("target/site"),
+            session_key: None,
+            concurrency: 32,
+            shutdown_grace: 5,
+            retention_days: 7.0,
+            webhook_allow: vec![std::net::IpAddr::from([127, 0, 0, 1])],
+        }
+    }
+}

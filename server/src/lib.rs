@@ -1,0 +1,192 @@
+//! The `errand` server: configuration, start-up and HTTP around the engine. `main` only parses
+//! the configuration and calls [`Application::build`] and [`Application::run_until_stopped`];
+//! tests do the same on a free port.
+
+pub mod api;
+mod config;
+pub mod session;
+mod state;
+mod uploads;
+
+pub use config::Config;
+pub use state::AppState;
+
+use anyhow::Context;
+use axum::Router;
+use errand_app::{App, shell};
+use errand_engine::{Engine, EngineConfig};
+use leptos::config::LeptosOptions;
+use leptos::prelude::provide_context;
+use leptos_axum::{LeptosRoutes, generate_route_list};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tower_http::compression::CompressionLayer;
+use tower_http::trace::TraceLayer;
+
+/// A built server, bound to its port, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    engine: Engine,
+    worker_name: String,
+    retention: Duration,
+}
+
+/// How often finished jobs past their retention are looked for.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+impl Application {
+    /// Opens the engine in the data dir, binds the address and assembles the routes.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let engine_config = EngineConfig {
+            data_dir: config.data_dir.clone(),
+            concurrency: config.concurrency.max(1),
+            shutdown_grace: Duration::from_secs(config.shutdown_grace),
+            webhook_allow: config.webhook_allow.clone(),
+        };
+        let engine = Engine::open(engine_config).await.with_context(|| {
+            format!("could not open the data dir {}", config.data_dir.display())
+        })?;
+        let session_key = session::load_key(config.session_key.as_deref(), &config.data_dir)?;
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("could not listen on {}", config.addr))?;
+        let leptos_options = LeptosOptions::builder()
+            .output_name("errand")
+            .site_root(config.site_root.to_string_lossy().into_owned())
+            .site_pkg_dir("pkg")
+            .site_addr(listener.local_addr()?)
+            .build();
+        let state = AppState {
+            leptos_options,
+            engine: engine.clone(),
+            session_key,
+        };
+        Ok(Self {
+            router: router(state),
+            listener,
+            engine,
+            worker_name: format!("errand-{}", ulid::Ulid::generate()),
+            retention: Duration::from_secs_f64(config.retention_days.max(0.0) * 86_400.0),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// Serves HTTP and runs the workers until `shutdown` resolves; then stops taking requests and
+    /// lets running jobs finish within the grace period.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        tokio::spawn(purge_periodically(
+            self.engine.clone(),
+            self.retention,
+            stopped(),
+        ));
+        let workers = {
+            let engine = self.engine.clone();
+            let stopped = stopped();
+            tokio::spawn(async move { engine.run_workers(self.worker_name, stopped).await })
+        };
+        let engine = self.engine.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            // End the event streams, or open pages would hold the HTTP server open.
+            engine.hub().close();
+            let _ = stop_tx.send(true);
+        });
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(stopped())
+            .await
+            .context("HTTP server failed")?;
+        workers.await.context("worker task failed")??;
+        Ok(())
+    }
+}
+
+/// Deletes finished jobs older than `retention`, at start and then every hour, until `stopped`.
+async fn purge_periodically(
+    engine: Engine,
+    retention: Duration,
+    stopped: impl Future<Output = ()>,
+) {
+    let work = async {
+        let mut every = tokio::time::interval(PURGE_EVERY);
+        loop {
+            every.tick().await;
+            match engine.purge_finished(retention).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "deleted finished jobs past their retention"),
+                Err(err) => tracing::error!(%err, "could not purge finished jobs"),
+            }
+        }
+    };
+    tokio::select! {
+        () = work => {}
+        () = stopped => {}
+    }
+}
+
+fn router(state: AppState) -> Router {
+    let routes = generate_route_list(App);
+    let engine = state.engine.clone();
+    let options = state.leptos_options.clone();
+    Router::new()
+        .merge(api::routes())
+        .merge(uploads::routes())
+        .leptos_routes_with_context(
+            &state,
+            routes,
+            move || provide_context(engine.clone()),
+            move || shell(options.clone()),
+        )
+        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .layer(axum::middleware::from_fn_with_state(
+            state.session_key.clone(),
+            session::session,
+        ))
+        .layer(CompressionLayer::new())
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,380 @@
+//! File uploads and downloads: the multipart form that starts an upload-based job (works without
+//! JavaScript: it answers with a redirect, to the job page or back to the form with the error),
+//! the API's upload endpoint, and the download of a job's output files, served only to the
+//! session that owns the job.
+
+use crate::api::ApiError;
+use crate::state::AppState;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::multipart::{Field, Multipart, MultipartRejection};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use errand_engine::{
+    Engine, FormFields, Owner, Params, SubmitError, SubmitOptions, UploadId, UploadMeta,
+    form_delay, now_ms,
+};
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tower::ServiceExt;
+
+/// Largest request body on the upload routes: the largest upload (100 MB) plus the form.
+const MAX_REQUEST: usize = 101 * 1_000_000;
+/// Largest upload the API takes when no kind is named.
+const DEFAULT_MAX_UPLOAD: u64 = 100_000_000;
+/// Largest text field of an upload form.
+const MAX_FIELD: usize = 64 * 1024;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/upload", post(upload_form))
+        .route("/api/uploads", post(upload_api))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST))
+        .route("/files/{job}/{name}", get(job_file))
+}
+
+/// Why an upload was refused; shown to the person or returned by the API.
+#[derive(Debug, thiserror::Error)]
+enum UploadError {
+    #[error("{message}")]
+    Invalid { field: String, message: String },
+    #[error("the upload could not be stored")]
+    Storage(#[from] std::io::Error),
+}
+
+impl UploadError {
+    fn file(message: impl Into<String>) -> Self {
+        UploadError::Invalid {
+            field: "file".into(),
+            message: message.into(),
+        }
+    }
+
+    fn from_multipart(err: &axum::extract::multipart::MultipartError) -> Self {
+        if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            UploadError::file("is larger than 100 MB")
+        } else {
+            UploadError::file(format!(
+                "the upload was cut off or malformed: {}",
+                err.body_text()
+            ))
+        }
+    }
+}
+
+/// Streams one multipart file field to a new upload, refusing it past `max` bytes.
+async fn store_file(
+    engine: &Engine,
+    owner: &Owner,
+    mut field: Field<'_>,
+    max: u64,
+) -> Result<UploadId, UploadError> {
+    let filename = field
+        .file_name()
+        .unwrap_or("upload")
+        .chars()
+        .take(200)
+        .collect::<String>();
+    let content_type = field.content_type().map(str::to_owned);
+    let files = engine.files();
+    let (id, path) = files.begin_upload()?;
+    let written = async {
+        let mut out = tokio::fs::File::create(&path).await?;
+        let mut size = 0_u64;
+        while let Some(chunk) = field
+            .chunk()
+            .await
+            .map_err(|e| UploadError::from_multipart(&e))?
+        {
+            size += chunk.len() as u64;
+            if size > max {
+                return Err(UploadError::file(format!(
+                    "is larger than {} MB",
+                    max / 1_000_000
+                )));
+            }
+            out.write_all(&chunk).await?;
+        }
+        out.flush().await?;
+        if size == 0 {
+            return Err(UploadError::file("choose a file to upload"));
+        }
+        Ok(size)
+    }
+    .await;
+    match written {
+        Ok(size) => {
+            files.finish_upload(
+                id,
+                &UploadMeta {
+                    owner: owner.clone(),
+                    filename,
+                    content_type,
+                    size,
+                },
+            )?;
+            Ok(id)
+        }
+        Err(err) => {
+            let _ = files.delete_upload(id);
+            Err(err)
+        }
+    }
+}
+
+/// Deletes an upload that will not become a job (a refused or repeated submission).
+fn discard(engine: &Engine, upload: Option<UploadId>) {
+    if let Some(id) = upload
+        && let Err(err) = engine.files().delete_upload(id)
+    {
+        tracing::warn!(%err, upload = %id, "could not delete a discarded upload");
+    }
+}
+
+/// Reads an upload form: its text fields, and its `file` stored as an upload. `kind` must come
+/// before `file` so the kind's size limit applies while streaming.
+async fn read_form(
+    engine: &Engine,
+    owner: &Owner,
+    mut multipart: Multipart,
+) -> Result<(String, FormFields, Option<UploadId>), (String, Option<UploadId>, UploadError)> {
+    let mut kind = String::new();
+    let mut fields = FormFields::new();
+    let mut upload = None;
+    let fail = |kind: &String, upload, err| Err((kind.clone(), upload, err));
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(err) => return fail(&kind, upload, UploadError::from_multipart(&err)),
+        };
+        let name = field.name().unwrap_or_default().to_owned();
+        if name == "file" {
+            if field.file_name().is_none_or(str::is_empty) {
+                continue; // no file chosen
+            }
+            // Without a kind (the API's plain upload) the largest limit of any kind applies.
+            let max = if kind.is_empty() {
+                DEFAULT_MAX_UPLOAD
+            } else {
+                engine.kinds().max_upload(&kind).unwrap_or(0)
+            };
+            if max == 0 {
+                return fail(
+                    &kind,
+                    upload,
+                    UploadError::file("this kind of job takes no file"),
+                );
+            }
+            match store_file(engine, owner, field, max).await {
+                Ok(id) => upload = Some(id),
+                Err(err) => return fail(&kind, upload, err),
+            }
+        } else {
+            let text = match field.text().await {
+                Ok(text) if text.len() <= MAX_FIELD => text,
+                Ok(_) => {
+                    return fail(
+                        &kind,
+                        upload,
+                        UploadError::Invalid {
+                            field: name,
+                            message: "is too long".into(),
+                        },
+                    );
+                }
+                Err(err) => return fail(&kind, upload, UploadError::from_multipart(&err)),
+            };
+            if name == "kind" {
+                kind = text;
+            } else {
+                fields.insert(name, text);
+            }
+        }
+    }
+    Ok((kind, fields, upload))
+}
+
+/// `POST /upload`: the multipart job form. Answers 303 to the job page, or back to the form
+/// with the error in the query string; a refused upload is deleted.
+async fn upload_form(
+    State(engine): State<Engine>,
+    Extension(owner): Extension<Owner>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Response {
+    let back = |kind: &str, err: UploadError| {
+        let (field, message) = match err {
+            UploadError::Invalid { field, message } => (field, message),
+            UploadError::Storage(err) => {
+                tracing::error!(%err, "could not store an upload");
+                (
+                    String::new(),
+                    "the upload could not be stored; please try again".into(),
+                )
+            }
+        };
+        let query = [
+            ("kind", kind),
+            ("field", field.as_str()),
+            ("error", message.as_str()),
+        ];
+        let query = error_query(&query);
+        Redirect::to(&format!("/?{query}")).into_response()
+    };
+    let Ok(multipart) = multipart else {
+        return back(
+            "",
+            UploadError::file("send the form as multipart/form-data"),
+        );
+    };
+    let (kind, mut fields, upload) = match read_form(&engine, &owner, multipart).await {
+        Ok(read) => read,
+        Err((kind, upload, err)) => {
+            discard(&engine, upload);
+            return back(&kind, err);
+        }
+    };
+    if let Some(id) = upload {
+        fields.insert("upload".into(), id.to_string());
+    }
+    let run_at = match form_delay(fields.remove("delay_s").as_deref(), now_ms()) {
+        Ok(run_at) => run_at,
+        Err(invalid) => {
+            discard(&engine, upload);
+            let field = invalid.field.unwrap_or_default();
+            return back(
+                &kind,
+                UploadError::Invalid {
+                    field,
+                    message: invalid.message,
+                },
+            );
+        }
+    };
+    let options = SubmitOptions {
+        idempotency_key: fields.remove("idempotency_key").filter(|k| !k.is_empty()),
+        run_at,
+        retry_of: None,
+    };
+    match engine
+        .submit(&owner, &kind, Params::Form(fields), options)
+        .await
+    {
+        Ok(submitted) => {
+            if submitted.existing {
+                // The same form was sent twice: the first job has its own copy of the file.
+                discard(&engine, upload);
+            }
+            Redirect::to(&format!("/jobs/{}", submitted.id)).into_response()
+        }
+        Err(err) => {
+            discard(&engine, upload);
+            match err {
+                SubmitError::Invalid(invalid) => back(
+                    &kind,
+                    UploadError::Invalid {
+                        field: invalid.field.unwrap_or_default(),
+                        message: invalid.message,
+                    },
+                ),
+                SubmitError::Engine(err) => {
+                    tracing::error!(%err, "could not submit an upload job");
+                    back(
+                        &kind,
+                        UploadError::Invalid {
+                            field: String::new(),
+                            message: "something went wrong on the server; please try again".into(),
+                        },
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// The query string that brings a person back to the form with an error.
+fn error_query(pairs: &[(&str, &str)]) -> String {
+    let kept: Vec<_> = pairs.iter().filter(|(_, v)| !v.is_empty()).collect();
+    serde_urlencoded::to_string(kept).unwrap_or_default()
+}
+
+/// `POST /api/uploads` (multipart: optional `kind`, then `file`) → 201 `{"id","filename","size"}`.
+async fn upload_api(
+    State(engine): State<Engine>,
+    Extension(owner): Extension<Owner>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let multipart = multipart.map_err(|e| ApiError::BadRequest {
+        message: e.body_text(),
+        field: None,
+    })?;
+    let (_, _, upload) =
+        read_form(&engine, &owner, multipart)
+            .await
+            .map_err(|(_, upload, err)| {
+                discard(&engine, upload);
+                match err {
+                    UploadError::Invalid { field, message } => ApiError::BadRequest {
+                        message,
+                        field: Some(field),
+                    },
+                    UploadError::Storage(err) => {
+                        tracing::error!(%err, "could not store an upload");
+                        ApiError::Internal
+                    }
+                }
+            })?;
+    let id = upload.ok_or_else(|| ApiError::BadRequest {
+        message: "is required".into(),
+        field: Some("file".into()),
+    })?;
+    let stored = engine
+        .files()
+        .upload(&owner, id)
+        .ok_or(ApiError::Internal)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": id.to_string(), "filename": stored.meta.filename, "size": stored.meta.size })),
+    )
+        .into_response())
+}
+
+/// `GET /files/{job}/{name}`: an output file of one of this session's jobs.
+async fn job_file(
+    State(engine): State<Engine>,
+    Extension(owner): Extension<Owner>,
+    Path((job, name)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let id = job.parse().map_err(|_| ApiError::NotFound)?;
+    engine.job(&owner, id).await?.ok_or(ApiError::NotFound)?;
+    let path = engine
+        .files()
+        .job_file(id, &name)
+        .ok_or(ApiError::NotFound)?;
+    let response = tower_http::services::ServeFile::new(path)
+        .oneshot(request)
+        .await
+        .map_err(|_| ApiError::Internal)?;
+    Ok(response.map(Body::new))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(
+            error_query(&[
+                ("kind", "thumbnail"),
+                ("field", ""),
+                ("error", "is larger than 20 MB")
+            ]),
+            "kind=thumbnail&error=is+larger+than+20+MB"
+        );
+    }
+}

@@ -1,0 +1,346 @@
+//! The JSON API, driven over HTTP against the real server.
+
+mod common;
+
+use common::{TestApp, millis_between};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const TERMINAL: &[&str] = &["succeeded", "failed", "cancelled"];
+
+#[tokio::test]
+async fn a_submitted_job_answers_at_once_and_runs_to_success() {
+    let app = TestApp::spawn().await;
+    let client = app.client();
+
+    let started = std::time::Instant::now();
+    let id = client.sleep_job(300, 3).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "submit waited for the job"
+    );
+    assert_eq!(id.len(), 26, "a ULID: {id}");
+
+    let queued = client.job(&id).await;
+    assert_eq!(queued["kind"], "sleep");
+    assert_eq!(queued["params"], json!({"ms": 300, "steps": 3}));
+    assert!(["queued", "running"].contains(&queued["state"].as_str().unwrap_or_default()));
+
+    let done = client
+        .wait_for_state(&id, TERMINAL, Duration::from_secs(10))
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["progress"], json!(1.0));
+    assert_eq!(done["stage"], "step 3 of 3");
+    assert_eq!(done["result"], json!({"slept_ms": 300, "steps": 3}));
+    assert_eq!(done["error"], Value::Null);
+    assert_eq!(done["attempts"], 1);
+    let ran = millis_between(&done["started_at"], &done["finished_at"]);
+    assert!(ran >= 300, "slept {ran} ms");
+    for field in [
+        "id",
+        "kind",
+        "params",
+        "state",
+        "progress",
+        "stage",
+        "result",
+        "error",
+        "attempts",
+        "created_at",
+        "started_at",
+        "finished_at",
+    ] {
+        assert!(done.get(field).is_some(), "missing {field}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_a_clear_error_and_creates_nothing() {
+    let app = TestApp::spawn().await;
+    let client = app.client();
+
+    let cases = [
+        (
+            json!({"kind": "sleep", "params": {"ms": 600_001, "steps": 1}}),
+            "params.ms",
+        ),
+        (
+            json!({"kind": "sleep", "params": {"ms": 10, "steps": 0}}),
+            "params.steps",
+        ),
+        (
+            json!({"kind": "sleep", "params": {"ms": "soon"}}),
+            "params.ms",
+        ),
+        (
+            json!({"kind": "sleep", "params": {"ms": 1, "colour": "red"}}),
+            "",
+        ),
+        (json!({"kind": "teleport", "params": {}}), "kind"),
+        (json!({"kind": 7}), "kind"),
+        (json!({"params": {"ms": 1}}), "kind"),
+    ];
+    for (body, field) in cases {
+        let response = client.submit(body.clone()).await;
+        assert_eq!(response.status(), 400, "{body}");
+        let error: Value = response.json().await.expect("json error");
+        assert!(
+            !error["error"].as_str().unwrap_or_default().is_empty(),
+            "{error}"
+        );
+        if !field.is_empty() {
+            assert_eq!(error["field"], field, "{body} → {error}");
+        }
+    }
+
+    let not_json = client
+        .http
+        .post(client.url("/api/jobs"))
+        .header("content-type", "application/json")
+        .body("{\"kind\": ")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(not_json.status(), 400);
+    let error: Value = not_json.json().await.expect("json error");
+    assert!(error["error"].is_string());
+
+    let huge = json!({"kind": "sleep", "params": {"ms": 1, "pad": "x".repeat(70 * 1024)}});
+    let too_large = client.submit(huge).await;
+    assert_eq!(too_large.status(), 413);
+
+    let (_, list) = client.get_json("/api/jobs").await;
+    assert_eq!(list["jobs"], json!([]), "no job may exist after bad input");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sessions_see_only_their_own_jobs() {
+    let app = TestApp::spawn().await;
+    let alice = app.client();
+    let bob = app.client();
+    let id = alice.sleep_job(0, 1).await;
+
+    assert_eq!(alice.get_json(&format!("/api/jobs/{id}")).await.0, 200);
+    assert_eq!(bob.get_json(&format!("/api/jobs/{id}")).await.0, 404);
+    assert_eq!(bob.get_json(&format!("/api/jobs/{id}/events")).await.0, 404);
+    assert_eq!(bob.get_json("/api/jobs/not-a-ulid").await.0, 404);
+    let (_, bobs) = bob.get_json("/api/jobs").await;
+    assert_eq!(bobs["jobs"], json!([]));
+    let (_, alices) = alice.get_json("/api/jobs").await;
+    assert_eq!(alices["jobs"][0]["id"], id.as_str());
+
+    // The page is a 404 too, with the same look as an unknown id.
+    let page = bob
+        .http
+        .get(bob.url(&format!("/jobs/{id}")))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(page.status(), 404);
+    let own = alice
+        .http
+        .get(alice.url(&format!("/jobs/{id}")))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(own.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_without_a_cookie_gets_a_signed_session_cookie() {
+    let app = TestApp::spawn().await;
+    let http = reqwest::Client::new();
+    let response = http
+        .post(format!("{}/api/jobs", app.base))
+        .json(&json!({"kind": "sleep", "params": {"ms": 0}}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 202);
+    let cookie = response
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(cookie.starts_with("errand_session="), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+
+    // A tampered cookie is not trusted: it starts a fresh, empty session.
+    let value = cookie.split(';').next().unwrap_or_default();
+    let tampered = value.replacen('=', "=AAAA", 1);
+    let response = http
+        .get(format!("{}/api/jobs", app.base))
+        .header("cookie", tampered)
+        .send()
+        .await
+        .expect("send");
+    assert!(
+        response.headers().get("set-cookie").is_some(),
+        "a new session is started"
+    );
+    let list: Value = response.json().await.expect("json");
+    assert_eq!(list["jobs"], json!([]));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_job_list_is_newest_first_and_paginated() {
+    let app = TestApp::spawn().await;
+    let client = app.client();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(client.sleep_job(0, 1).await);
+    }
+    ids.reverse();
+
+    let (_, first) = client.get_json("/api/jobs?limit=2").await;
+    let page: Vec<_> = first["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|j| j["id"].clone())
+        .collect();
+    assert_eq!(page, [json!(ids[0]), json!(ids[1])]);
+    let cursor = first["next_before"].as_str().expect("cursor").to_owned();
+
+    let (_, second) = client
+        .get_json(&format!("/api/jobs?limit=2&before={cursor}"))
+        .await;
+    assert_eq!(second["jobs"][0]["id"], json!(ids[2]));
+
+    let (_, all) = client.get_json("/api/jobs?limit=200").await;
+    assert_eq!(all["jobs"].as_array().map(Vec::len), Some(5));
+    assert_eq!(all["next_before"], Value::Null);
+
+    let (_, succeeded) = client.get_json("/api/jobs?state=succeeded&limit=200").await;
+    let (_, queued) = client.get_json("/api/jobs?state=cancelled").await;
+    assert_eq!(queued["jobs"], json!([]));
+    assert!(
+        succeeded["jobs"]
+            .as_array()
+            .is_some_and(|jobs| jobs.iter().all(|j| j["state"] == "succeeded"))
+    );
+    assert_eq!(client.get_json("/api/jobs?state=done").await.0, 400);
+    assert_eq!(client.get_json("/api/jobs?limit=0").await.0, 400);
+    assert_eq!(client.get_json("/api/jobs?limit=many").await.0, 400);
+    assert_eq!(client.get_json("/api/jobs?before=nope").await.0, 400);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_running_job_does_not_hold_up_another() {
+    let app = TestApp::spawn().await;
+    let client = app.client();
+    let long = client.sleep_job(3_000, 30).await;
+    client
+        .wait_for_state(&long, &["running"], Duration::from_secs(5))
+        .await;
+    let short = client.sleep_job(50, 1).await;
+    client
+        .wait_for_state(&short, &["succeeded"], Duration::from_secs(2))
+        .await;
+    assert_eq!(client.job(&long).await["state"], "running");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_worker_starts_each_new_job_within_a_second() {
+    let app = TestApp::spawn().await;
+    let client = app.client();
+    let mut waits = Vec::new();
+    for _ in 0..200 {
+        let id = client.sleep_job(0, 1).await;
+        let job = client
+            .wait_for_state(&id, TERMINAL, Duration::from_secs(5))
+            .await;
+        assert_eq!(job["state"], "succeeded");
+        waits.push(millis_between(&job["created_at"], &job["started_at"]));
+    }
+    waits.sort_unstable();
+    let worst = waits.last().copied().unwrap_or_default();
+    println!(
+        "submit → start: median {} ms, worst {worst} ms",
+        waits[waits.len() / 2]
+    );
+    assert!(
+        worst <= 1_000,
+        "a job waited {worst} ms to start: {waits:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn jobs_and_sessions_survive_a_restart() {
+    let app = TestApp::spawn().await;
+    let client = app.client();
+    let id = client.sleep_job(0, 1).await;
+    client
+        .wait_for_state(&id, &["succeeded"], Duration::from_secs(5))
+        .await;
+    let data_dir = app.data_dir.clone();
+    let temp = app.stop().await;
+
+    let again = TestApp::spawn_in(data_dir).await;
+    let same_browser = common::Client {
+        base: again.base.clone(),
+        http: client.http.clone(),
+    };
+    assert_eq!(same_browser.job(&id).await["state"], "succeeded");
+    let queued_after = same_browser.sleep_job(10, 1).await;
+    same_browser
+        .wait_for_state(&queued_after, &["succeeded"], Duration::from_secs(5))
+        .await;
+    again.stop().await;
+    drop(temp);
+}
+
+#[tokio::test]
+async fn a_form_sent_twice_with_its_key_makes_one_job() {
+    let app = TestApp::spawn().await;
+    let client = app.client();
+    let post = || {
+        client
+            .http
+            .post(client.url("/fn/start_job"))
+            .header("accept", "application/json")
+            .form(&[
+                ("kind", "sleep"),
+                ("fields[ms]", "0"),
+                ("fields[steps]", "1"),
+                ("idempotency_key", "page-render-1"),
+            ])
+            .send()
+    };
+    let first: Value = post().await.expect("first").json().await.expect("json");
+    let second: Value = post().await.expect("second").json().await.expect("json");
+    assert_eq!(first, second);
+    let (_, list) = client.get_json("/api/jobs").await;
+    assert_eq!(list["jobs"].as_array().map(Vec::len), Some(1));
+
+    // The API honours the Idempotency-Key header the same way.
+    let api = || {
+        client
+            .http
+            .post(client.url("/api/jobs"))
+            .header("idempotency-key", "api-1")
+            .json(&json!({"kind": "sleep", "params": {"ms": 0}}))
+            .send()
+    };
+    let made = api().await.expect("first");
+    assert_eq!(made.status(), 202);
+    let made: Value = made.json().await.expect("json");
+    let again = api().await.expect("again");
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(made["id"], again["id"]);
+    assert_eq!(again["existing"], true);
+    app.stop().await;
+}

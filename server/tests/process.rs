@@ -1,0 +1,162 @@
+//! The real `errand` binary as a child process: killed with SIGKILL mid-job, stopped with
+//! SIGTERM, restarted on the same data dir. Nothing may be lost, and when nothing crashed
+//! nothing may run twice.
+
+mod common;
+
+use common::Client;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Server {
+    child: Child,
+    client: Client,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Starts `errand` on `data_dir` and waits until it answers; `http` keeps the browser session.
+async fn start(data_dir: &Path, http: reqwest::Client) -> Server {
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_errand"))
+        .args(["--addr", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("errand starts");
+    let client = Client {
+        base: format!("http://127.0.0.1:{port}"),
+        http,
+    };
+    for _ in 0..200 {
+        if client
+            .http
+            .get(client.url("/api/jobs"))
+            .send()
+            .await
+            .is_ok()
+        {
+            return Server { child, client };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("errand did not answer within 10 s");
+}
+
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .build()
+        .expect("client")
+}
+
+/// Sends SIGTERM and waits for the process to exit.
+async fn terminate(mut server: Server) {
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    for _ in 0..400 {
+        if server.child.try_wait().expect("wait").is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = server.child.kill();
+    panic!("errand did not exit within 20 s of SIGTERM");
+}
+
+#[tokio::test]
+async fn a_job_running_when_the_server_is_killed_runs_again_after_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let http = browser();
+    let mut server = start(dir.path(), http.clone()).await;
+    let id = server.client.sleep_job(3_000, 30).await;
+    server
+        .client
+        .wait_for_state(&id, &["running"], Duration::from_secs(5))
+        .await;
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("reaped");
+
+    let server = start(dir.path(), http).await;
+    let job = server
+        .client
+        .wait_for_state(&id, &["succeeded", "failed"], Duration::from_secs(15))
+        .await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 2, "the killed attempt counts: {job}");
+    terminate(server).await;
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_running_job_finish_and_nothing_runs_twice() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let http = browser();
+    let server = start(dir.path(), http.clone()).await;
+    let id = server.client.sleep_job(1_500, 5).await;
+    server
+        .client
+        .wait_for_state(&id, &["running"], Duration::from_secs(5))
+        .await;
+    terminate(server).await;
+
+    let server = start(dir.path(), http).await;
+    let job = server.client.job(&id).await;
+    assert_eq!(
+        job["state"], "succeeded",
+        "finished during the grace period: {job}"
+    );
+    assert_eq!(job["attempts"], 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        server.client.job(&id).await["attempts"],
+        1,
+        "not run again after the restart"
+    );
+    terminate(server).await;
+}
+
+#[tokio::test]
+async fn a_restart_with_a_thousand_queued_jobs_loses_none() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let http = browser();
+    let server = start(dir.path(), http.clone()).await;
+    let mut ids = Vec::new();
+    for _ in 0..1_000 {
+        // Scheduled a little ahead, so they are all still queued when the server stops.
+        let response = server
+            .client
+            .submit(json!({ "kind": "sleep", "params": { "ms": 0 }, "delay_ms": 4_000 }))
+            .await;
+        assert_eq!(response.status(), 202);
+        let body: Value = response.json().await.expect("json");
+        ids.push(body["id"].as_str().expect("id").to_owned());
+    }
+    terminate(server).await;
+
+    let server = start(dir.path(), http).await;
+    for id in &ids {
+        let job = server
+            .client
+            .wait_for_state(id, &["succeeded", "failed"], Duration::from_secs(60))
+            .await;
+        assert_eq!(
+            (job["state"].as_str(), job["attempts"].as_u64()),
+            (Some("succeeded"), Some(1)),
+            "{job}"
+        );
+    }
+    terminate(server).await;
+}

@@ -10,12 +10,13 @@
 use crate::model::JobId;
 use apalis::prelude::*;
 use apalis_sqlite::{Config, SqliteStorage};
-use futures::StreamExt;
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -24,6 +25,10 @@ pub const QUEUE_NAME: &str = "errand.jobs";
 
 /// How often an idle worker looks for work when no wake-up arrived.
 const BACKSTOP_TICK: Duration = Duration::from_millis(250);
+
+/// How soon after a push the worker looks again, in case the push's wake-up was spent on a fetch
+/// that started before the push committed.
+const FOLLOW_UP: Duration = Duration::from_millis(20);
 
 /// What travels through apalis: the id of a job in the registry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,21 +155,102 @@ impl Queue {
     ) -> PollWith<SqliteStorage<QueuedJob>, StreamStrategy<WakeUps>> {
         self.storage
             .clone()
-            .poll_with_stream(wake_ups(self.wake.clone()))
+            .poll_with_stream(WakeUps::new(self.wake.clone()))
     }
 }
 
-/// A stream that yields whenever a push signals `wake`, and at least every [`BACKSTOP_TICK`].
-type WakeUps = BoxStream<'static, ()>;
+/// Wake-ups for the worker: a push signalled `wake`, or [`BACKSTOP_TICK`] passed.
+///
+/// apalis polls this stream only while it waits for work and drops an item that arrives while a
+/// fetch is in flight, without polling again. A stream that stopped listening after yielding
+/// (as `select` over two `unfold`s does) would then never wake the worker again: scheduled jobs
+/// and retries, which no push announces at their time, would wait for the next push. So every
+/// poll drains both sources until each is pending again, which leaves both listening.
+pub(crate) struct WakeUps {
+    pushes: BoxStream<'static, ()>,
+    tick: Pin<Box<tokio::time::Sleep>>,
+}
 
-fn wake_ups(wake: Arc<Notify>) -> WakeUps {
-    let pushes = futures::stream::unfold(wake, |wake| async move {
-        wake.notified().await;
-        Some(((), wake))
-    });
-    let ticks = futures::stream::unfold((), |()| async {
-        tokio::time::sleep(BACKSTOP_TICK).await;
-        Some(((), ()))
-    });
-    futures::stream::select(pushes.boxed(), ticks.boxed()).boxed()
+impl WakeUps {
+    fn new(wake: Arc<Notify>) -> Self {
+        let pushes = futures::stream::unfold(wake, |wake| async move {
+            wake.notified().await;
+            Some(((), wake))
+        })
+        .boxed();
+        Self {
+            pushes,
+            tick: Box::pin(tokio::time::sleep(BACKSTOP_TICK)),
+        }
+    }
+}
+
+impl Stream for WakeUps {
+    type Item = ();
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
+        let mut woken = false;
+        while self.pushes.poll_next_unpin(cx).is_ready() {
+            woken = true;
+            // This wake-up may land in a fetch that began before the push committed; look
+            // again shortly rather than a whole tick later.
+            let soon = tokio::time::Instant::now() + FOLLOW_UP;
+            self.tick.as_mut().reset(soon);
+        }
+        while self.tick.as_mut().poll(cx).is_ready() {
+            woken = true;
+            let next = tokio::time::Instant::now() + BACKSTOP_TICK;
+            self.tick.as_mut().reset(next);
+        }
+        if woken {
+            Poll::Ready(Some(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Wake, Waker};
+
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl Flag {
+        fn take(&self) -> bool {
+            self.0.swap(false, Ordering::SeqCst)
+        }
+    }
+
+    /// apalis drops a wake-up that arrives while it fetches and does not poll again until
+    /// something wakes it; the stream must still wake it at the next tick.
+    #[tokio::test]
+    async fn wake_ups_keep_waking_after_an_item_nobody_polled_past() {
+        let wake = Arc::new(Notify::new());
+        let mut stream = WakeUps::new(wake.clone());
+        let flag = Arc::new(Flag::default());
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+
+        assert!(stream.poll_next_unpin(&mut cx).is_pending());
+        wake.notify_one();
+        assert!(flag.take(), "a push wakes the worker");
+        assert!(stream.poll_next_unpin(&mut cx).is_ready());
+
+        for round in 0..3 {
+            // Not polled again, as while a fetch runs: the tick must still wake the task.
+            tokio::time::sleep(BACKSTOP_TICK + Duration::from_millis(50)).await;
+            assert!(flag.take(), "round {round}: the tick woke the worker");
+            assert!(stream.poll_next_unpin(&mut cx).is_ready());
+        }
+    }
 }

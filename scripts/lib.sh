@@ -70,10 +70,48 @@ ensure_node_modules() {
 ensure_chromium() {
   if [ -x /usr/bin/chromium ]; then return; fi
   log "installing Debian's Chromium for the browser tests"
+  apt_install chromium
+}
+
+# Is something listening on 127.0.0.1:$1?
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+apt_install() {
   local sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q chromium
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "$@"
+}
+
+# The Postgres and Redis servers the backend tests use (127.0.0.1:5432 with trust auth for local
+# connections, 127.0.0.1:6379): started if stopped, installed from Debian if missing.
+ensure_services() {
+  if ! port_open 5432; then
+    if ! command -v pg_ctlcluster >/dev/null; then
+      log "installing PostgreSQL for the backend tests"
+      apt_install postgresql
+      local hba
+      hba=$(ls /etc/postgresql/*/main/pg_hba.conf | head -n1)
+      # Local test connections need no password, as on the project's machines.
+      sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
+    fi
+    log "starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+  fi
+  if ! port_open 6379; then
+    command -v redis-server >/dev/null || { log "installing Redis"; apt_install redis-server; }
+    log "starting Redis"
+    mkdir -p /var/lib/redis /var/log/redis
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+      --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  fi
+  local i
+  for i in $(seq 50); do
+    port_open 5432 && port_open 6379 && return
+    sleep 0.2
+  done
+  echo "PostgreSQL (127.0.0.1:5432) or Redis (127.0.0.1:6379) did not start" >&2
+  return 1
 }
 
 ensure_build_tools() {

@@ -12,6 +12,17 @@ use clap::{Parser, ValueEnum};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 
+/// Where the measured server keeps its jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Backend {
+    /// SQLite files in the data dir (the default deployment).
+    Sqlite,
+    /// Registry and queue in a fresh Postgres database (dropped afterwards).
+    Postgres,
+    /// Registry in a fresh Postgres database, queue in Redis under a fresh key prefix.
+    Redis,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scale {
     /// A few hundred jobs and subscribers: checks the tool and the server still work (CI).
@@ -39,7 +50,11 @@ struct Args {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Extra arguments for errand (e.g. `--queue-url=…` once it has one).
+    /// Where the server keeps its jobs: a fresh database (and key prefix) per scenario on the
+    /// local Postgres and Redis (`ERRAND_TEST_POSTGRES`, `ERRAND_TEST_REDIS` point elsewhere).
+    #[arg(long, value_enum, default_value = "sqlite")]
+    backend: Backend,
+    /// Extra arguments for errand (e.g. `--concurrency=64`).
     #[arg(long, allow_hyphen_values = true)]
     errand_arg: Vec<String>,
 }
@@ -48,12 +63,13 @@ struct Args {
 pub(crate) struct Context {
     binary: PathBuf,
     workdir: PathBuf,
+    backend: Backend,
     extra: Vec<String>,
 }
 
 impl Context {
     pub(crate) async fn start(&self) -> anyhow::Result<server::Server> {
-        server::Server::start(&self.binary, &self.workdir, &self.extra).await
+        server::Server::start(&self.binary, &self.workdir, self.backend, &self.extra).await
     }
 }
 
@@ -88,8 +104,10 @@ async fn main() -> anyhow::Result<()> {
     let cx = Context {
         binary: args.errand.unwrap_or_else(server::default_binary),
         workdir: args.workdir,
+        backend: args.backend,
         extra: args.errand_arg,
     };
+    println!("backend: {:?}", args.backend);
     let full = args.scale == Scale::Full;
     let pick = |n: u8| args.only.is_empty() || args.only.contains(&n);
     let (enqueue, e2e, pickup, drain, reports, fanout) = if full {
@@ -136,8 +154,11 @@ async fn main() -> anyhow::Result<()> {
             .iter()
             .map(|r| (r.name.clone(), r.data.clone()))
             .collect();
-        let report =
-            json!({ "scale": format!("{:?}", args.scale).to_lowercase(), "results": report });
+        let report = json!({
+            "scale": format!("{:?}", args.scale).to_lowercase(),
+            "backend": format!("{:?}", args.backend).to_lowercase(),
+            "results": report,
+        });
         std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
         println!("\nJSON written to {}", path.display());
     }

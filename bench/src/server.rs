@@ -1,7 +1,9 @@
 //! Starting the errand binary under test on a free port with a fresh data dir, and reading its
 //! memory from /proc.
 
+use crate::Backend;
 use anyhow::{Context, bail};
+use errand_engine::testing::{TestDatabase, TestRedis};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -13,6 +15,8 @@ pub(crate) struct Server {
     pub(crate) base: String,
     pub(crate) cold_start: Duration,
     _data: tempfile::TempDir,
+    /// The fresh Postgres database and Redis prefix, removed when the server is dropped.
+    _stores: (Option<TestDatabase>, Option<TestRedis>),
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -27,15 +31,31 @@ impl Server {
     pub(crate) async fn start(
         binary: &Path,
         workdir: &Path,
+        backend: Backend,
         extra: &[String],
     ) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
+        let database = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres | Backend::Redis => Some(TestDatabase::create().await),
+        };
+        let redis = match backend {
+            Backend::Redis => Some(TestRedis::create().await),
+            Backend::Sqlite | Backend::Postgres => None,
+        };
+        let mut urls = Vec::new();
+        if let Some(database) = &database {
+            urls.push(format!("--database-url={}", database.url()));
+            let queue = redis.as_ref().map_or(database.url(), |redis| redis.url());
+            urls.push(format!("--queue-url={queue}"));
+        }
         let port = free_port()?;
         let started = Instant::now();
         let child = Command::new(binary)
             .current_dir(workdir)
             .args(["--addr", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(data.path())
+            .args(&urls)
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -54,6 +74,7 @@ impl Server {
                     base,
                     cold_start,
                     _data: data,
+                    _stores: (database, redis),
                 });
             }
             tokio::time::sleep(Duration::from_millis(2)).await;

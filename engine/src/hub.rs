@@ -6,9 +6,10 @@
 //! subscriber.
 
 use crate::model::{Job, JobId, LogLine, Owner};
+use crate::relay::Outgoing;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 /// How many events a slow watcher may fall behind before it is told it lagged.
 const CHANNEL_CAPACITY: usize = 256;
@@ -65,18 +66,34 @@ pub enum Topic {
     Owner(Owner),
 }
 
-/// Routes job events to subscribers, in process.
+/// Routes job events to subscribers in this process and, when a relay is attached, to the
+/// other processes sharing the registry (see `relay`).
 #[derive(Debug, Default)]
 pub struct Hub {
     /// The open topics; `None` once the hub is closed.
     topics: Mutex<Option<HashMap<Topic, broadcast::Sender<JobEvent>>>>,
+    /// Where this process's events leave for the others, if anywhere.
+    relay: OnceLock<mpsc::UnboundedSender<Outgoing>>,
 }
 
 impl Hub {
     pub fn new() -> Self {
         Self {
             topics: Mutex::new(Some(HashMap::new())),
+            relay: OnceLock::new(),
         }
+    }
+
+    /// Sends every event published from now on to the other processes as well.
+    pub(crate) fn attach_relay(&self, relay: mpsc::UnboundedSender<Outgoing>) {
+        let _ = self.relay.set(relay);
+    }
+
+    /// Hands `message` to the relay, if one is attached; false if there is none.
+    pub(crate) fn relay(&self, message: Outgoing) -> bool {
+        self.relay
+            .get()
+            .is_some_and(|relay| relay.send(message).is_ok())
     }
 
     /// Starts watching a topic. Events published from now on are received in order. On a
@@ -100,8 +117,16 @@ impl Hub {
             .take();
     }
 
-    /// Announces a change of `job` to its own watchers and to its owner's.
+    /// Announces a change of `job` to its own watchers and to its owner's, in every process.
     pub fn job_changed(&self, job: Job) {
+        if self.relay.get().is_some() {
+            self.relay(Outgoing::Changed(Box::new(job.clone())));
+        }
+        self.deliver_changed(job);
+    }
+
+    /// Announces a change of `job` to the watchers in this process only.
+    pub(crate) fn deliver_changed(&self, job: Job) {
         let owner = Topic::Owner(job.owner.clone());
         let id = Topic::Job(job.id);
         let event = JobEvent::Changed(Arc::new(Shared::new(job)));
@@ -109,8 +134,16 @@ impl Hub {
         self.publish(&owner, event);
     }
 
-    /// Announces a new log line of a job to its watchers.
+    /// Announces a new log line of a job to its watchers, in every process.
     pub fn job_logged(&self, job_id: JobId, line: LogLine) {
+        if self.relay.get().is_some() {
+            self.relay(Outgoing::Logged(job_id, line.clone()));
+        }
+        self.deliver_logged(job_id, line);
+    }
+
+    /// Announces a new log line of a job to the watchers in this process only.
+    pub(crate) fn deliver_logged(&self, job_id: JobId, line: LogLine) {
         let event = JobEvent::Log {
             job_id,
             line: Arc::new(Shared::new(line)),

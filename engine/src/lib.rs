@@ -8,6 +8,9 @@ pub mod kinds;
 pub mod model;
 pub mod queue;
 pub mod registry;
+mod relay;
+#[cfg(feature = "test-support")]
+pub mod testing;
 pub mod worker;
 
 pub use files::{Files, StoredUpload, UploadId, UploadMeta};
@@ -24,7 +27,7 @@ use apalis::prelude::*;
 use serde_json::Value;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
@@ -39,6 +42,12 @@ pub struct EngineConfig {
     pub shutdown_grace: Duration,
     /// Internal addresses (loopback, private…) that webhook jobs may call anyway.
     pub webhook_allow: Vec<std::net::IpAddr>,
+    /// Where the job registry lives (`sqlite://…` or `postgres://…`); `errand.db` in the data
+    /// dir when `None`.
+    pub database_url: Option<String>,
+    /// Where the queue lives (`sqlite://…` or `postgres://…`); `queue.db` in the data dir when
+    /// `None`.
+    pub queue_url: Option<String>,
 }
 
 impl EngineConfig {
@@ -49,6 +58,8 @@ impl EngineConfig {
             concurrency: 32,
             shutdown_grace: Duration::from_secs(30),
             webhook_allow: Vec::new(),
+            database_url: None,
+            queue_url: None,
         }
     }
 }
@@ -69,6 +80,11 @@ pub enum EngineError {
     Worker(String),
     #[error("file storage error: {0}")]
     Files(#[from] std::io::Error),
+    #[error(
+        "a queue other processes share (Postgres, Redis) needs a registry they share too: \
+         set the database URL to postgres://…"
+    )]
+    Unshared,
 }
 
 /// What a cancel request did.
@@ -135,9 +151,50 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
+/// Runs an apalis monitor with one worker on `$storage` (woken by the queue's wake-ups) until
+/// `$shutdown` resolves. A macro, not a function: each storage is its own type, and the bounds
+/// apalis puts on a worker's backend are long.
+macro_rules! run_monitor {
+    ($engine:expr, $storage:expr, $shutdown:expr) => {{
+        let storage = $storage.clone();
+        let engine = $engine.clone();
+        let name = $engine.node().to_owned();
+        let concurrency = $engine.inner.config.concurrency;
+        Monitor::new()
+            .register(move |_restarts| {
+                let wake_ups = engine.queue().wake_ups();
+                WorkerBuilder::new(name.clone())
+                    .backend(storage.clone().poll_with_stream(wake_ups))
+                    .data(engine.clone())
+                    .concurrency(concurrency)
+                    .parallelize(tokio::spawn)
+                    .build(run_queued_job)
+            })
+            .shutdown_timeout($engine.inner.config.shutdown_grace)
+            .run_with_signal(async move {
+                $shutdown.await;
+                Ok(())
+            })
+            .await
+            .map_err(|e| EngineError::Worker(e.to_string()))
+    }};
+}
+
+/// An engine handle that does not keep it open (for background tasks that should end with it).
+#[derive(Debug, Clone)]
+pub(crate) struct WeakEngine(Weak<Inner>);
+
+impl WeakEngine {
+    pub(crate) fn upgrade(&self) -> Option<Engine> {
+        self.0.upgrade().map(|inner| Engine { inner })
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     config: EngineConfig,
+    /// This process's name among the workers sharing the queue; unique per start.
+    node: String,
     registry: Registry,
     queue: Queue,
     hub: Hub,
@@ -159,12 +216,22 @@ impl Engine {
             path: config.data_dir.clone(),
             source,
         })?;
-        let registry = Registry::open(&config.data_dir.join("errand.db")).await?;
-        let queue = Queue::open(&config.data_dir.join("queue.db")).await?;
+        let registry = match &config.database_url {
+            Some(url) => Registry::connect(url).await?,
+            None => Registry::open(&config.data_dir.join("errand.db")).await?,
+        };
+        let queue = match &config.queue_url {
+            Some(url) => Queue::connect(url).await?,
+            None => Queue::open(&config.data_dir.join("queue.db")).await?,
+        };
+        if queue.is_shared() && registry.postgres().is_none() {
+            return Err(EngineError::Unshared);
+        }
         let files = Files::open(config.data_dir.join("files"))?;
-        Ok(Self {
+        let engine = Self {
             inner: Arc::new(Inner {
                 config,
+                node: format!("errand-{}", ulid::Ulid::generate()),
                 registry,
                 queue,
                 hub: Hub::new(),
@@ -172,7 +239,35 @@ impl Engine {
                 files,
                 running: worker::Running::default(),
             }),
-        })
+        };
+        // Processes sharing the jobs share their live events too: over Redis when the queue is
+        // there, else over the Postgres registry.
+        let transport = match (engine.queue().redis(), engine.registry().postgres()) {
+            (Some(redis), Some(_)) => Some(relay::Transport::Redis {
+                client: redis.client().clone(),
+                channel: redis.events_channel().to_owned(),
+            }),
+            (None, Some(pool)) => Some(relay::Transport::Postgres(pool.clone())),
+            (_, None) => None,
+        };
+        if let Some(transport) = transport {
+            relay::start(&engine, transport);
+        }
+        Ok(engine)
+    }
+
+    /// This process's worker name, unique per start.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// True when other processes may share this engine's jobs (a Postgres registry).
+    pub fn is_shared(&self) -> bool {
+        self.registry().postgres().is_some()
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakEngine {
+        WeakEngine(Arc::downgrade(&self.inner))
     }
 
     pub fn registry(&self) -> &Registry {
@@ -290,18 +385,29 @@ impl Engine {
         Ok(Some(Ok(self.enqueue(job).await?.id)))
     }
 
-    /// Puts back in the queue every job a crash left running, counting the lost attempt, so a
-    /// restarted single-node server runs them again at once. Returns how many.
-    pub async fn recover_interrupted(&self) -> Result<usize, EngineError> {
-        let running = self.registry().running().await?;
-        for job in &running {
-            let message = "the server stopped while the job ran";
-            if let Some(queued) = self.registry().requeue(job.id, None, Some(message)).await? {
-                self.queue().push(job.id, queued.delivery, None).await?;
-                self.hub().job_changed(queued);
-            }
+    /// Puts back in the queue the running jobs whose worker process died, counting the lost
+    /// attempt, so they run again (at-least-once). A worker counts as dead once it has not
+    /// beaten since `stale_before` (unix ms); on a single node every other worker is dead.
+    /// Returns how many jobs.
+    async fn recover_orphans(&self, stale_before: i64, why: &str) -> Result<usize, EngineError> {
+        let orphans = self.registry().orphaned(self.node(), stale_before).await?;
+        for job in &orphans {
+            self.requeue_now(job.id, job.delivery, why).await?;
         }
-        Ok(running.len())
+        Ok(orphans.len())
+    }
+
+    /// Puts job `id`, running `delivery`, back in the queue at once with `why` as its last error.
+    async fn requeue_now(&self, id: JobId, delivery: i64, why: &str) -> Result<(), EngineError> {
+        let requeued = self
+            .registry()
+            .requeue(id, delivery, None, Some(why))
+            .await?;
+        if let Some(queued) = requeued {
+            self.queue().push(id, queued.delivery, None).await?;
+            self.hub().job_changed(queued);
+        }
+        Ok(())
     }
 
     /// Deletes every job that finished more than `age` ago, with its files and its records in
@@ -372,8 +478,11 @@ impl Engine {
             self.hub().job_changed(cancelled.clone());
             return Ok(Some(CancelOutcome::Cancelled(Box::new(cancelled))));
         }
-        // It started in the meantime (or was running already): signal its handler.
-        self.running().cancel(id);
+        // It started in the meantime (or was running already): signal its handler, here or in
+        // the process that runs it.
+        if !self.running().cancel(id) {
+            self.hub().relay(relay::Outgoing::Cancel(id));
+        }
         match self.job(owner, id).await? {
             Some(job) if job.state.is_terminal() && job.state != JobState::Cancelled => {
                 Ok(Some(CancelOutcome::AlreadyFinished(job.state)))
@@ -415,39 +524,76 @@ impl Engine {
     }
 
     /// Runs this process's workers until `shutdown` resolves, then lets running jobs finish
-    /// within the configured grace period.
+    /// within the configured grace period and puts back in the queue the ones that did not.
     pub async fn run_workers(
         &self,
-        worker_name: String,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), EngineError> {
-        let recovered = self.recover_interrupted().await?;
+        self.registry().beat(self.node()).await?;
+        // On one node, a job left running can only be a crash's: recover it at once. Where
+        // processes share the jobs, only those of a worker that stopped beating.
+        let stale_before = if self.is_shared() {
+            now_ms() - ORPHANED_AFTER.as_millis() as i64
+        } else {
+            i64::MAX
+        };
+        let why = "the worker running it stopped";
+        let recovered = self.recover_orphans(stale_before, why).await?;
         if recovered > 0 {
             tracing::warn!(
                 recovered,
-                "requeued jobs that were running when the server stopped"
+                "requeued jobs whose worker stopped while they ran"
             );
         }
-        let engine = self.clone();
-        let concurrency = self.inner.config.concurrency;
-        Monitor::new()
-            .register(move |_restarts| {
-                WorkerBuilder::new(worker_name.clone())
-                    .backend(engine.inner.queue.worker_backend())
-                    .data(engine.clone())
-                    .concurrency(concurrency)
-                    .parallelize(tokio::spawn)
-                    .build(run_queued_job)
-            })
-            .shutdown_timeout(self.inner.config.shutdown_grace)
-            .run_with_signal(async move {
-                shutdown.await;
-                Ok(())
-            })
-            .await
-            .map_err(|e| EngineError::Worker(e.to_string()))
+        let beating = tokio::spawn(self.clone().beat_and_recover());
+        let result = match self.queue().storage() {
+            queue::Storage::Sqlite(storage) => run_monitor!(self, storage, shutdown),
+            queue::Storage::Postgres(storage) => run_monitor!(self, storage, shutdown),
+            queue::Storage::Redis(storage) => run_monitor!(self, storage, shutdown),
+        };
+        beating.abort();
+        // Jobs still running past the grace period go back to the queue for the next start or
+        // another worker; the attempt they were on counts.
+        for (id, delivery) in self.running().jobs() {
+            self.requeue_now(id, delivery, "the worker stopped before the job finished")
+                .await?;
+        }
+        self.registry().forget_workers(self.node(), 0).await?;
+        result
+    }
+
+    /// Tells the other workers this one is alive and, where processes share the jobs, takes
+    /// back the jobs of workers that stopped beating. Runs until aborted.
+    async fn beat_and_recover(self) {
+        let mut every = tokio::time::interval(queue::HEARTBEAT);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if let Err(err) = self.registry().beat(self.node()).await {
+                tracing::error!(%err, "could not record this worker's heartbeat");
+                continue;
+            }
+            if !self.is_shared() {
+                continue;
+            }
+            let stale_before = now_ms() - ORPHANED_AFTER.as_millis() as i64;
+            match self
+                .recover_orphans(stale_before, "its worker stopped")
+                .await
+            {
+                Ok(0) => {}
+                Ok(recovered) => tracing::warn!(recovered, "requeued jobs of a stopped worker"),
+                Err(err) => tracing::error!(%err, "could not recover a stopped worker's jobs"),
+            }
+            if let Err(err) = self.registry().forget_workers("", stale_before).await {
+                tracing::error!(%err, "could not forget stopped workers");
+            }
+        }
     }
 }
+
+/// A worker that has not beaten for this long is taken for dead and its jobs run elsewhere.
+const ORPHANED_AFTER: Duration = Duration::from_secs(15);
 
 /// The apalis handler: runs the job whose id came off the queue. Storage errors go back to
 /// apalis so the task is not acknowledged as done.

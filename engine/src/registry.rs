@@ -1,11 +1,15 @@
 //! The job registry: Errand's own record of every job (owner, parameters, state, progress, logs,
-//! result), kept in SQLite beside the queue. apalis only carries job ids; this is what pages, the
-//! API and the event streams read.
+//! result), in SQLite (the default, a file in the data dir) or Postgres (shared by several
+//! processes). apalis only carries job ids; this is what pages, the API and the event streams read.
+//!
+//! Every statement is written once, with `$n` placeholders both databases accept, and runs on
+//! whichever the registry was opened on (see [`on_db!`]).
 
 use crate::model::{Job, JobId, JobState, LOG_LINES_KEPT, LogLine, Owner, now_ms};
 use serde_json::Value;
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool, sqlite::SqliteRow};
+use sqlx::{ColumnIndex, Decode, Row, SqlitePool, Type};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -19,6 +23,8 @@ pub enum RegistryError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt registry row: {0}")]
     Corrupt(String),
+    #[error("unsupported registry URL {0:?}: use sqlite://… or postgres://…")]
+    Url(String),
 }
 
 /// How a job ended, as recorded by [`Registry::finish`].
@@ -57,16 +63,34 @@ impl JobFilter {
 /// The `WHERE` clause of a filtered list; each filter is skipped when its parameter is NULL.
 macro_rules! filter_where {
     () => {
-        " WHERE owner = ?1 AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR kind = ?3) \
-          AND (?4 IS NULL OR created_at >= ?4) AND (?5 IS NULL OR created_at < ?5) \
-          AND id < ?6"
+        " WHERE owner = $1 AND ($2 IS NULL OR state = $2) \
+          AND ($3 IS NULL OR kind = $3) \
+          AND ($4 IS NULL OR created_at >= $4) AND ($5 IS NULL OR created_at < $5) \
+          AND id < $6"
     };
 }
 
-/// The job registry on one SQLite file.
+/// The job registry, on SQLite or Postgres.
 #[derive(Debug, Clone)]
 pub struct Registry {
-    pool: SqlitePool,
+    db: Db,
+}
+
+#[derive(Debug, Clone)]
+enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs the same code on whichever database the registry uses: `on_db!(self, pool => expr)`
+/// expands `expr` once per database, with `pool` bound to that database's pool.
+macro_rules! on_db {
+    ($registry:expr, $pool:ident => $body:expr) => {
+        match &$registry.db {
+            Db::Sqlite($pool) => $body,
+            Db::Postgres($pool) => $body,
+        }
+    };
 }
 
 /// The columns of a job row, in the order `job_from_row` reads them by name.
@@ -80,8 +104,30 @@ macro_rules! job_columns {
 impl Registry {
     /// Opens (creating if needed) the registry file and runs its embedded migrations.
     pub async fn open(path: &Path) -> Result<Self, RegistryError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
+        Self::open_sqlite(SqliteConnectOptions::new().filename(path)).await
+    }
+
+    /// Opens the registry at `url`, `sqlite://…` or `postgres://…`, and runs its migrations.
+    pub async fn connect(url: &str) -> Result<Self, RegistryError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await?;
+            sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+            Ok(Self {
+                db: Db::Postgres(pool),
+            })
+        } else if url.starts_with("sqlite:") {
+            Self::open_sqlite(SqliteConnectOptions::from_str(url)?).await
+        } else {
+            Err(RegistryError::Url(url.to_owned()))
+        }
+    }
+
+    async fn open_sqlite(options: SqliteConnectOptions) -> Result<Self, RegistryError> {
+        let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
@@ -91,16 +137,27 @@ impl Registry {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self {
+            db: Db::Sqlite(pool),
+        })
+    }
+
+    /// The Postgres pool, when the registry is on Postgres (live events travel through it).
+    pub fn postgres(&self) -> Option<&PgPool> {
+        match &self.db {
+            Db::Postgres(pool) => Some(pool),
+            Db::Sqlite(_) => None,
+        }
     }
 
     /// Records a new queued job. With an idempotency key the owner already used, nothing is
     /// inserted and the existing job is returned instead.
     pub async fn insert(&self, job: &Job) -> Result<Option<Job>, RegistryError> {
-        let inserted = sqlx::query(
+        let inserted = on_db!(self, pool => sqlx::query(
             "INSERT INTO jobs (id, owner, kind, params, state, attempts, created_at, max_attempts, \
-             run_at, delivery, retry_of, idempotency_key) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?) \
+             run_at, delivery, retry_of, idempotency_key) \
+             VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
         )
         .bind(job.id.to_string())
@@ -114,46 +171,52 @@ impl Registry {
         .bind(job.delivery)
         .bind(job.retry_of.map(|id| id.to_string()))
         .bind(job.idempotency_key.as_deref())
-        .execute(&self.pool)
-        .await?;
-        if inserted.rows_affected() == 1 {
+        .execute(pool)
+        .await?
+        .rows_affected());
+        if inserted == 1 {
             return Ok(None);
         }
         let sql = concat!(
             "SELECT ",
             job_columns!(),
-            " FROM jobs WHERE owner = ? AND idempotency_key = ?"
+            " FROM jobs WHERE owner = $1 AND idempotency_key = $2"
         );
-        let row = sqlx::query(sql)
-            .bind(&job.owner.0)
-            .bind(job.idempotency_key.as_deref())
-            .fetch_one(&self.pool)
-            .await?;
-        job_from_row(&row).map(Some)
+        on_db!(self, pool => {
+            let row = sqlx::query(sql)
+                .bind(&job.owner.0)
+                .bind(job.idempotency_key.as_deref())
+                .fetch_one(pool)
+                .await?;
+            job_from_row(&row).map(Some)
+        })
     }
 
-    /// Removes a job that never reached the queue.
+    /// Removes a job and its log.
     pub async fn delete(&self, id: JobId) -> Result<(), RegistryError> {
         let id = id.to_string();
-        sqlx::query("DELETE FROM job_logs WHERE job_id = ?")
-            .bind(&id)
-            .execute(&self.pool)
-            .await?;
-        sqlx::query("DELETE FROM jobs WHERE id = ?")
-            .bind(&id)
-            .execute(&self.pool)
-            .await?;
+        on_db!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM job_logs WHERE job_id = $1")
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM jobs WHERE id = $1")
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 
     /// A job by id, whoever owns it (for workers).
     pub async fn get(&self, id: JobId) -> Result<Option<Job>, RegistryError> {
-        let sql = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = ?");
-        let row = sqlx::query(sql)
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| job_from_row(&row)).transpose()
+        let sql = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1");
+        on_db!(self, pool => {
+            let row = sqlx::query(sql).bind(id.to_string()).fetch_optional(pool).await?;
+            row.map(|row| job_from_row(&row)).transpose()
+        })
     }
 
     /// A job by id if `owner` owns it; another owner's job is indistinguishable from none.
@@ -164,9 +227,18 @@ impl Registry {
     /// How many jobs match `filter`.
     pub async fn count(&self, filter: &JobFilter) -> Result<u64, RegistryError> {
         let sql = concat!("SELECT COUNT(*) FROM jobs", filter_where!());
-        let count: i64 = bind_filter(sqlx::query_scalar(sql), filter, None)
-            .fetch_one(&self.pool)
-            .await?;
+        let count: i64 = on_db!(self, pool => {
+            let [owner, state, kind, cursor] = filter_strings(filter, None);
+            sqlx::query_scalar(sql)
+                .bind(owner)
+                .bind(state)
+                .bind(kind)
+                .bind(filter.created_from)
+                .bind(filter.created_before)
+                .bind(cursor)
+                .fetch_one(pool)
+                .await?
+        });
         Ok(count.max(0) as u64)
     }
 
@@ -182,65 +254,119 @@ impl Registry {
             job_columns!(),
             " FROM jobs",
             filter_where!(),
-            " ORDER BY id DESC LIMIT ?7"
+            " ORDER BY id DESC LIMIT $7"
         );
-        let rows = bind_filter(sqlx::query(sql), filter, before)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(job_from_row).collect()
+        on_db!(self, pool => {
+            let [owner, state, kind, cursor] = filter_strings(filter, before);
+            let rows = sqlx::query(sql)
+                .bind(owner)
+                .bind(state)
+                .bind(kind)
+                .bind(filter.created_from)
+                .bind(filter.created_before)
+                .bind(cursor)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(job_from_row).collect()
+        })
     }
 
-    /// Moves a queued job to running and counts the attempt. Returns `None` when the job is
-    /// gone, finished, or `delivery` is not its current one (a stale task), which the caller
-    /// skips.
-    pub async fn start(&self, id: JobId, delivery: i64) -> Result<Option<Job>, RegistryError> {
+    /// Moves a queued job to running on `worker` and counts the attempt. Returns `None` when the
+    /// job is gone, finished, or `delivery` is not its current one (a stale task), which the
+    /// caller skips.
+    pub async fn start(
+        &self,
+        id: JobId,
+        delivery: i64,
+        worker: &str,
+    ) -> Result<Option<Job>, RegistryError> {
         let sql = concat!(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?, \
-             progress = NULL, stage = NULL, run_at = NULL \
-             WHERE id = ? AND delivery = ? AND state = 'queued' RETURNING ",
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = $1, \
+             progress = NULL, stage = NULL, run_at = NULL, worker = $2 \
+             WHERE id = $3 AND delivery = $4 AND state = 'queued' RETURNING ",
             job_columns!()
         );
-        let row = sqlx::query(sql)
-            .bind(now_ms())
-            .bind(id.to_string())
-            .bind(delivery)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| job_from_row(&row)).transpose()
+        on_db!(self, pool => {
+            let row = sqlx::query(sql)
+                .bind(now_ms())
+                .bind(worker)
+                .bind(id.to_string())
+                .bind(delivery)
+                .fetch_optional(pool)
+                .await?;
+            row.map(|row| job_from_row(&row)).transpose()
+        })
     }
 
-    /// Puts a running job back in the queue for another attempt at `run_at`, keeping `error`,
-    /// with a new delivery number. `None` if it is not running any more.
+    /// Puts a job running its `delivery` back in the queue for another attempt at `run_at`,
+    /// keeping `error`, with a new delivery number. `None` if it is not running that delivery
+    /// any more.
     pub async fn requeue(
         &self,
         id: JobId,
+        delivery: i64,
         run_at: Option<i64>,
         error: Option<&str>,
     ) -> Result<Option<Job>, RegistryError> {
         let sql = concat!(
-            "UPDATE jobs SET state = 'queued', run_at = ?, error = ?, delivery = delivery + 1 \
-             WHERE id = ? AND state = 'running' RETURNING ",
+            "UPDATE jobs SET state = 'queued', run_at = $1, error = $2, delivery = delivery + 1, \
+             worker = NULL WHERE id = $3 AND delivery = $4 AND state = 'running' RETURNING ",
             job_columns!()
         );
-        let row = sqlx::query(sql)
-            .bind(run_at)
-            .bind(error)
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| job_from_row(&row)).transpose()
+        on_db!(self, pool => {
+            let row = sqlx::query(sql)
+                .bind(run_at)
+                .bind(error)
+                .bind(id.to_string())
+                .bind(delivery)
+                .fetch_optional(pool)
+                .await?;
+            row.map(|row| job_from_row(&row)).transpose()
+        })
     }
 
-    /// Every job in the running state (on a single node at start: the ones a crash left).
-    pub async fn running(&self) -> Result<Vec<Job>, RegistryError> {
+    /// Records that worker process `worker` is alive now.
+    pub async fn beat(&self, worker: &str) -> Result<(), RegistryError> {
+        let sql = "INSERT INTO workers (name, last_seen) VALUES ($1, $2) \
+                   ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen";
+        on_db!(self, pool => {
+            sqlx::query(sql).bind(worker).bind(now_ms()).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Forgets a worker process that stopped cleanly, and any not seen since `stale_before`.
+    pub async fn forget_workers(
+        &self,
+        worker: &str,
+        stale_before: i64,
+    ) -> Result<(), RegistryError> {
+        let sql = "DELETE FROM workers WHERE name = $1 OR last_seen < $2";
+        on_db!(self, pool => {
+            sqlx::query(sql).bind(worker).bind(stale_before).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Running jobs whose worker process is not `alive` and has not been seen since
+    /// `stale_before` (unix ms), or was never recorded: their worker died.
+    pub async fn orphaned(
+        &self,
+        alive: &str,
+        stale_before: i64,
+    ) -> Result<Vec<Job>, RegistryError> {
         let sql = concat!(
             "SELECT ",
             job_columns!(),
-            " FROM jobs WHERE state = 'running'"
+            " FROM jobs WHERE state = 'running' AND (worker IS NULL OR worker <> $1) \
+             AND NOT EXISTS (SELECT 1 FROM workers WHERE workers.name = jobs.worker \
+             AND workers.last_seen >= $2)"
         );
-        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
-        rows.iter().map(job_from_row).collect()
+        on_db!(self, pool => {
+            let rows = sqlx::query(sql).bind(alive).bind(stale_before).fetch_all(pool).await?;
+            rows.iter().map(job_from_row).collect()
+        })
     }
 
     /// Finished jobs older than `finished_before` (unix ms), at most `limit`.
@@ -252,23 +378,26 @@ impl Registry {
         let sql = concat!(
             "SELECT ",
             job_columns!(),
-            " FROM jobs WHERE finished_at < ? AND state IN ('succeeded', 'failed', 'cancelled') LIMIT ?"
+            " FROM jobs WHERE finished_at < $1 \
+             AND state IN ('succeeded', 'failed', 'cancelled') LIMIT $2"
         );
-        let rows = sqlx::query(sql)
-            .bind(finished_before)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(job_from_row).collect()
+        on_db!(self, pool => {
+            let rows = sqlx::query(sql)
+                .bind(finished_before)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(job_from_row).collect()
+        })
     }
 
     /// The jobs that retry `id` by hand, newest first.
     pub async fn retries_of(&self, id: JobId) -> Result<Vec<JobId>, RegistryError> {
-        let ids: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM jobs WHERE retry_of = ? ORDER BY id DESC")
-                .bind(id.to_string())
-                .fetch_all(&self.pool)
-                .await?;
+        let sql = "SELECT id FROM jobs WHERE retry_of = $1 ORDER BY id DESC";
+        let ids: Vec<String> = on_db!(self, pool => sqlx::query_scalar(sql)
+            .bind(id.to_string())
+            .fetch_all(pool)
+            .await?);
         Ok(ids
             .iter()
             .filter_map(|id| JobId::from_str(id).ok())
@@ -278,35 +407,39 @@ impl Registry {
     /// Cancels a job that has not started; `None` if it is not queued any more.
     pub async fn cancel_queued(&self, id: JobId) -> Result<Option<Job>, RegistryError> {
         let sql = concat!(
-            "UPDATE jobs SET state = 'cancelled', error = 'cancelled', finished_at = ? \
-             WHERE id = ? AND state = 'queued' RETURNING ",
+            "UPDATE jobs SET state = 'cancelled', error = 'cancelled', finished_at = $1 \
+             WHERE id = $2 AND state = 'queued' RETURNING ",
             job_columns!()
         );
-        let row = sqlx::query(sql)
-            .bind(now_ms())
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| job_from_row(&row)).transpose()
+        on_db!(self, pool => {
+            let row = sqlx::query(sql)
+                .bind(now_ms())
+                .bind(id.to_string())
+                .fetch_optional(pool)
+                .await?;
+            row.map(|row| job_from_row(&row)).transpose()
+        })
     }
 
-    /// Saves what a running job last reported.
-    pub async fn save_progress(
-        &self,
-        id: JobId,
-        progress: Option<f64>,
-        stage: Option<&str>,
-    ) -> Result<(), RegistryError> {
-        sqlx::query("UPDATE jobs SET progress = ?, stage = ? WHERE id = ? AND state = 'running'")
-            .bind(progress)
-            .bind(stage)
-            .bind(id.to_string())
-            .execute(&self.pool)
-            .await?;
+    /// Saves the progress and stage a running job last reported, unless that delivery of it
+    /// is not running any more.
+    pub async fn save_progress(&self, job: &Job) -> Result<(), RegistryError> {
+        let sql = "UPDATE jobs SET progress = $1, stage = $2 \
+                   WHERE id = $3 AND delivery = $4 AND state = 'running'";
+        on_db!(self, pool => {
+            sqlx::query(sql)
+                .bind(job.progress)
+                .bind(job.stage.as_deref())
+                .bind(job.id.to_string())
+                .bind(job.delivery)
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
-    /// Records how a running job ended, with its final progress and stage.
+    /// Records how a running job ended, with its final progress and stage; `None` when that
+    /// delivery of it is not running any more (it was taken back and runs elsewhere).
     pub async fn finish(&self, job: &Job, outcome: &Outcome) -> Result<Option<Job>, RegistryError> {
         let (state, result, error) = match outcome {
             Outcome::Succeeded(value) => (JobState::Succeeded, Some(value.to_string()), None),
@@ -314,71 +447,81 @@ impl Registry {
             Outcome::Cancelled => (JobState::Cancelled, None, Some("cancelled")),
         };
         let sql = concat!(
-            "UPDATE jobs SET state = ?, result = ?, error = ?, progress = ?, stage = ?, \
-             finished_at = ? WHERE id = ? AND state = 'running' RETURNING ",
+            "UPDATE jobs SET state = $1, result = $2, error = $3, progress = $4, stage = $5, \
+             finished_at = $6, worker = NULL \
+             WHERE id = $7 AND delivery = $8 AND state = 'running' RETURNING ",
             job_columns!()
         );
-        let row = sqlx::query(sql)
-            .bind(state.as_str())
-            .bind(result)
-            .bind(error)
-            .bind(job.progress)
-            .bind(job.stage.as_deref())
-            .bind(now_ms())
-            .bind(job.id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| job_from_row(&row)).transpose()
+        on_db!(self, pool => {
+            let row = sqlx::query(sql)
+                .bind(state.as_str())
+                .bind(result.as_deref())
+                .bind(error)
+                .bind(job.progress)
+                .bind(job.stage.as_deref())
+                .bind(now_ms())
+                .bind(job.id.to_string())
+                .bind(job.delivery)
+                .fetch_optional(pool)
+                .await?;
+            row.map(|row| job_from_row(&row)).transpose()
+        })
     }
 
     /// The sequence number of a job's newest log line (0 when it has none).
     pub async fn last_log_seq(&self, id: JobId) -> Result<i64, RegistryError> {
-        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM job_logs WHERE job_id = ?")
+        let sql = "SELECT MAX(seq) FROM job_logs WHERE job_id = $1";
+        let seq: Option<i64> = on_db!(self, pool => sqlx::query_scalar(sql)
             .bind(id.to_string())
-            .fetch_one(&self.pool)
-            .await?;
+            .fetch_one(pool)
+            .await?);
         Ok(seq.unwrap_or(0))
     }
 
     /// Appends a log line and drops lines older than the newest [`LOG_LINES_KEPT`].
     pub async fn append_log(&self, id: JobId, line: &LogLine) -> Result<(), RegistryError> {
         let id = id.to_string();
-        sqlx::query("INSERT OR REPLACE INTO job_logs (job_id, seq, at, line) VALUES (?, ?, ?, ?)")
+        on_db!(self, pool => {
+            sqlx::query(
+                "INSERT INTO job_logs (job_id, seq, at, line) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (job_id, seq) DO UPDATE SET at = excluded.at, line = excluded.line",
+            )
             .bind(&id)
             .bind(line.seq)
             .bind(line.at)
             .bind(&line.line)
-            .execute(&self.pool)
+            .execute(pool)
             .await?;
-        if line.seq > LOG_LINES_KEPT {
-            sqlx::query("DELETE FROM job_logs WHERE job_id = ? AND seq <= ?")
-                .bind(&id)
-                .bind(line.seq - LOG_LINES_KEPT)
-                .execute(&self.pool)
-                .await?;
-        }
+            if line.seq > LOG_LINES_KEPT {
+                sqlx::query("DELETE FROM job_logs WHERE job_id = $1 AND seq <= $2")
+                    .bind(&id)
+                    .bind(line.seq - LOG_LINES_KEPT)
+                    .execute(pool)
+                    .await?;
+            }
+        });
         Ok(())
     }
 
     /// A job's kept log lines, oldest first.
     pub async fn logs(&self, id: JobId) -> Result<Vec<LogLine>, RegistryError> {
-        let rows = sqlx::query(
-            "SELECT seq, at, line FROM job_logs WHERE job_id = ? ORDER BY seq DESC LIMIT ?",
-        )
-        .bind(id.to_string())
-        .bind(LOG_LINES_KEPT)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut lines = rows
-            .iter()
-            .map(|row| {
-                Ok(LogLine {
-                    seq: row.try_get("seq")?,
-                    at: row.try_get("at")?,
-                    line: row.try_get("line")?,
+        let sql = "SELECT seq, at, line FROM job_logs WHERE job_id = $1 ORDER BY seq DESC LIMIT $2";
+        let mut lines = on_db!(self, pool => {
+            let rows = sqlx::query(sql)
+                .bind(id.to_string())
+                .bind(LOG_LINES_KEPT)
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(LogLine {
+                        seq: row.try_get("seq")?,
+                        at: row.try_get("at")?,
+                        line: row.try_get("line")?,
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
         lines.reverse();
         Ok(lines)
     }
@@ -389,47 +532,25 @@ fn no_cursor() -> String {
     "Z".repeat(26)
 }
 
-/// Binds a filter's parameters (?1 … ?6) to a query.
-fn bind_filter<'q, Q>(query: Q, filter: &'q JobFilter, before: Option<JobId>) -> Q
+/// A filter's text parameters ($1, $2, $3 and $6): owner, state, kind and the id cursor.
+fn filter_strings(filter: &JobFilter, before: Option<JobId>) -> [Option<String>; 4] {
+    [
+        Some(filter.owner.0.clone()),
+        filter.state.map(|s| s.as_str().to_owned()),
+        filter.kind.clone(),
+        Some(before.map_or_else(no_cursor, |id| id.to_string())),
+    ]
+}
+
+/// Reads a job from a row of either database.
+fn job_from_row<R>(row: &R) -> Result<Job, RegistryError>
 where
-    Q: BindFilter<'q>,
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> f64: Decode<'r, R::Database> + Type<R::Database>,
 {
-    query
-        .bind_str(Some(filter.owner.0.clone()))
-        .bind_str(filter.state.map(|s| s.as_str().to_owned()))
-        .bind_str(filter.kind.clone())
-        .bind_int(filter.created_from)
-        .bind_int(filter.created_before)
-        .bind_str(Some(before.map_or_else(no_cursor, |id| id.to_string())))
-}
-
-/// The two query types a filter binds to (rows and a count), behind one interface.
-trait BindFilter<'q>: Sized {
-    fn bind_str(self, value: Option<String>) -> Self;
-    fn bind_int(self, value: Option<i64>) -> Self;
-}
-
-impl<'q> BindFilter<'q> for sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    fn bind_str(self, value: Option<String>) -> Self {
-        self.bind(value)
-    }
-    fn bind_int(self, value: Option<i64>) -> Self {
-        self.bind(value)
-    }
-}
-
-impl<'q, O> BindFilter<'q>
-    for sqlx::query::QueryScalar<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments>
-{
-    fn bind_str(self, value: Option<String>) -> Self {
-        self.bind(value)
-    }
-    fn bind_int(self, value: Option<i64>) -> Self {
-        self.bind(value)
-    }
-}
-
-fn job_from_row(row: &SqliteRow) -> Result<Job, RegistryError> {
     let corrupt =
         |what: &str, err: &dyn std::fmt::Display| RegistryError::Corrupt(format!("{what}: {err}"));
     let id: String = row.try_get("id")?;

@@ -115,11 +115,7 @@ impl JobContext {
             due
         };
         if due {
-            let saved = self
-                .engine
-                .registry()
-                .save_progress(job.id, job.progress, job.stage.as_deref())
-                .await;
+            let saved = self.engine.registry().save_progress(&job).await;
             if let Err(err) = saved {
                 tracing::warn!(job_id = %job.id, %err, "could not save progress");
             }
@@ -172,7 +168,7 @@ pub(crate) async fn execute(engine: &Engine, task: QueuedJob) -> Result<(), Engi
         let early = u64::try_from(run_at - now_ms()).unwrap_or(0).min(2_000);
         tokio::time::sleep(Duration::from_millis(early)).await;
     }
-    let Some(job) = registry.start(id, task.delivery).await? else {
+    let Some(job) = registry.start(id, task.delivery, engine.node()).await? else {
         tracing::debug!("stale delivery, or the job is finished or gone; skipping");
         return Ok(());
     };
@@ -181,7 +177,7 @@ pub(crate) async fn execute(engine: &Engine, task: QueuedJob) -> Result<(), Engi
 
     let policy = engine.kinds().policy(&job.kind);
     let last_seq = registry.last_log_seq(id).await?;
-    let cancel = engine.running().start(id);
+    let cancel = engine.running().start(id, job.delivery);
     let ctx = JobContext::new(engine.clone(), job.clone(), last_seq, cancel);
     let run =
         AssertUnwindSafe(engine.kinds().run(&job.kind, job.params.clone(), &ctx)).catch_unwind();
@@ -218,7 +214,10 @@ pub(crate) async fn execute(engine: &Engine, task: QueuedJob) -> Result<(), Engi
             ))
             .await;
             let run_at = now_ms() + delay.as_millis() as i64;
-            if let Some(queued) = registry.requeue(id, Some(run_at), Some(&message)).await? {
+            let requeued = registry
+                .requeue(id, job.delivery, Some(run_at), Some(&message))
+                .await?;
+            if let Some(queued) = requeued {
                 engine
                     .queue()
                     .push(id, queued.delivery, Some(run_at))
@@ -249,17 +248,27 @@ pub(crate) async fn execute(engine: &Engine, task: QueuedJob) -> Result<(), Engi
 /// The jobs this process is running, with the signal that cancels each.
 #[derive(Debug, Default)]
 pub(crate) struct Running {
-    tokens: Mutex<HashMap<JobId, CancellationToken>>,
+    /// Each running job's cancel signal and delivery number.
+    tokens: Mutex<HashMap<JobId, (CancellationToken, i64)>>,
 }
 
 impl Running {
-    fn start(&self, id: JobId) -> CancellationToken {
+    fn start(&self, id: JobId, delivery: i64) -> CancellationToken {
         let token = CancellationToken::new();
         self.tokens
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, token.clone());
+            .insert(id, (token.clone(), delivery));
         token
+    }
+
+    /// The jobs running now, with their delivery numbers.
+    pub(crate) fn jobs(&self) -> Vec<(JobId, i64)> {
+        let tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        tokens
+            .iter()
+            .map(|(id, (_, delivery))| (*id, *delivery))
+            .collect()
     }
 
     fn finish(&self, id: JobId) {
@@ -272,7 +281,7 @@ impl Running {
     /// Signals the job to stop; false if this process is not running it.
     pub(crate) fn cancel(&self, id: JobId) -> bool {
         let tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
-        tokens.get(&id).map(CancellationToken::cancel).is_some()
+        tokens.get(&id).map(|(token, _)| token.cancel()).is_some()
     }
 }
 

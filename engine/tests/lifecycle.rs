@@ -1,15 +1,69 @@
-//! The job lifecycle on the real engine (SQLite files in a temporary data dir, apalis workers
-//! running): retries, time-outs, panics, delays, idempotency, crash recovery, retention.
+//! The conformance suite: the job lifecycle on the real engine with apalis workers running —
+//! retries, time-outs, panics, delays, cancellation, idempotency, crash recovery, retention, live
+//! events — once per backend, with the same test functions: SQLite files in a temporary data dir,
+//! and a Postgres database of the test's own (a missing server fails the tests).
 //! A test-only kind, `flaky`, fails on purpose in the ways a real handler can.
 
+use errand_engine::testing::{TestDatabase, TestRedis};
 use errand_engine::{
-    Engine, EngineConfig, FormFields, InvalidInput, Job, JobContext, JobError, JobKind, JobState,
-    Kinds, Owner, Params, RetryPolicy, SubmitContext, SubmitOptions, now_ms,
+    CancelOutcome, Engine, EngineConfig, FormFields, InvalidInput, Job, JobContext, JobError,
+    JobEvent, JobKind, JobState, Kinds, Owner, Params, RetryPolicy, SubmitContext, SubmitOptions,
+    Topic, now_ms,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::sync::oneshot;
+
+/// Runs each named test function once per backend: `sqlite::name`, `postgres::name` and
+/// `redis::name` (a Redis queue with a Postgres registry).
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Redis).await
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    a_retryable_failure_is_retried_with_backoff_until_it_succeeds,
+    a_job_fails_for_good_after_its_last_attempt,
+    a_permanent_error_is_not_retried,
+    a_panic_fails_the_attempt_and_the_worker_keeps_running,
+    an_attempt_past_its_timeout_fails_and_follows_the_retry_policy,
+    a_delayed_job_starts_within_a_second_of_its_time,
+    a_cancelled_scheduled_job_never_starts,
+    the_same_idempotency_key_makes_one_job,
+    jobs_a_crash_left_running_run_again_at_the_next_start,
+    a_thousand_concurrent_jobs_each_run_exactly_once,
+    finished_jobs_past_their_retention_are_purged_with_their_files,
+    a_failed_job_can_be_retried_by_hand_as_a_linked_new_job,
+    a_running_job_is_cancelled_within_a_second_from_any_process,
+    a_page_on_any_process_sees_live_progress,
+    a_dead_workers_jobs_run_again_within_30_s,
+    a_backlog_of_20_000_jobs_drains_completely,
+);
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct FlakyArgs {
@@ -62,19 +116,64 @@ impl JobKind for Flaky {
     }
 }
 
+/// Where a test's jobs live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+    Redis,
+}
+
+/// One test's storage: a temporary data dir and, on the shared backends, a Postgres database of
+/// its own for the registry (and the queue) and a Redis key prefix of its own for the queue, all
+/// removed afterwards.
+struct Store {
+    dir: tempfile::TempDir,
+    database: Option<TestDatabase>,
+    redis: Option<TestRedis>,
+}
+
+impl Store {
+    async fn new(backend: Backend) -> Self {
+        let database = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres | Backend::Redis => Some(TestDatabase::create().await),
+        };
+        let redis = match backend {
+            Backend::Redis => Some(TestRedis::create().await),
+            Backend::Sqlite | Backend::Postgres => None,
+        };
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            database,
+            redis,
+        }
+    }
+
+    fn config(&self) -> EngineConfig {
+        let database = self.database.as_ref().map(|db| db.url().to_owned());
+        let queue = match &self.redis {
+            Some(redis) => Some(redis.url().to_owned()),
+            None => database.clone(),
+        };
+        EngineConfig {
+            shutdown_grace: Duration::from_secs(5),
+            database_url: database,
+            queue_url: queue,
+            ..EngineConfig::new(self.dir.path())
+        }
+    }
+}
+
 struct Running {
     engine: Engine,
     stop: Option<oneshot::Sender<()>>,
     workers: Option<tokio::task::JoinHandle<Result<(), errand_engine::EngineError>>>,
-    _dir: tempfile::TempDir,
+    store: Store,
 }
 
-async fn open(dir: &std::path::Path) -> Engine {
-    let config = EngineConfig {
-        shutdown_grace: Duration::from_secs(5),
-        ..EngineConfig::new(dir)
-    };
-    Engine::open_with_kinds(config, Kinds::builtin(&[]).with(Flaky))
+async fn open(store: &Store) -> Engine {
+    Engine::open_with_kinds(store.config(), Kinds::builtin(&[]).with(Flaky))
         .await
         .expect("engine opens")
 }
@@ -87,10 +186,9 @@ fn start_workers(
 ) {
     let (stop, stopped) = oneshot::channel::<()>();
     let engine = engine.clone();
-    let name = format!("test-{}", ulid::Ulid::generate());
     let workers = tokio::spawn(async move {
         engine
-            .run_workers(name, async {
+            .run_workers(async {
                 let _ = stopped.await;
             })
             .await
@@ -98,15 +196,15 @@ fn start_workers(
     (stop, workers)
 }
 
-async fn running() -> Running {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let engine = open(dir.path()).await;
+async fn running(backend: Backend) -> Running {
+    let store = Store::new(backend).await;
+    let engine = open(&store).await;
     let (stop, workers) = start_workers(&engine);
     Running {
         engine,
         stop: Some(stop),
         workers: Some(workers),
-        _dir: dir,
+        store,
     }
 }
 
@@ -169,9 +267,8 @@ async fn finished(engine: &Engine, id: errand_engine::JobId) -> Job {
     .await
 }
 
-#[tokio::test]
-async fn a_retryable_failure_is_retried_with_backoff_until_it_succeeds() {
-    let app = running().await;
+async fn a_retryable_failure_is_retried_with_backoff_until_it_succeeds(backend: Backend) {
+    let app = running(backend).await;
     let id = submit(
         &app.engine,
         "flaky",
@@ -209,9 +306,8 @@ async fn a_retryable_failure_is_retried_with_backoff_until_it_succeeds() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_job_fails_for_good_after_its_last_attempt() {
-    let app = running().await;
+async fn a_job_fails_for_good_after_its_last_attempt(backend: Backend) {
+    let app = running(backend).await;
     let id = submit(
         &app.engine,
         "flaky",
@@ -226,9 +322,8 @@ async fn a_job_fails_for_good_after_its_last_attempt() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_permanent_error_is_not_retried() {
-    let app = running().await;
+async fn a_permanent_error_is_not_retried(backend: Backend) {
+    let app = running(backend).await;
     let id = submit(
         &app.engine,
         "flaky",
@@ -241,9 +336,8 @@ async fn a_permanent_error_is_not_retried() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_panic_fails_the_attempt_and_the_worker_keeps_running() {
-    let app = running().await;
+async fn a_panic_fails_the_attempt_and_the_worker_keeps_running(backend: Backend) {
+    let app = running(backend).await;
     let id = submit(
         &app.engine,
         "flaky",
@@ -273,9 +367,8 @@ async fn a_panic_fails_the_attempt_and_the_worker_keeps_running() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn an_attempt_past_its_timeout_fails_and_follows_the_retry_policy() {
-    let app = running().await;
+async fn an_attempt_past_its_timeout_fails_and_follows_the_retry_policy(backend: Backend) {
+    let app = running(backend).await;
     let id = submit(
         &app.engine,
         "flaky",
@@ -289,9 +382,8 @@ async fn an_attempt_past_its_timeout_fails_and_follows_the_retry_policy() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_delayed_job_starts_within_a_second_of_its_time() {
-    let app = running().await;
+async fn a_delayed_job_starts_within_a_second_of_its_time(backend: Backend) {
+    let app = running(backend).await;
     let run_at = now_ms() + 1_500;
     let id = submit(
         &app.engine,
@@ -322,9 +414,8 @@ async fn a_delayed_job_starts_within_a_second_of_its_time() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_cancelled_scheduled_job_never_starts() {
-    let app = running().await;
+async fn a_cancelled_scheduled_job_never_starts(backend: Backend) {
+    let app = running(backend).await;
     let options = SubmitOptions {
         run_at: Some(now_ms() + 700),
         ..Default::default()
@@ -349,9 +440,8 @@ async fn a_cancelled_scheduled_job_never_starts() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn the_same_idempotency_key_makes_one_job() {
-    let app = running().await;
+async fn the_same_idempotency_key_makes_one_job(backend: Backend) {
+    let app = running(backend).await;
     let options = || SubmitOptions {
         idempotency_key: Some("form-123".into()),
         ..Default::default()
@@ -401,11 +491,10 @@ async fn the_same_idempotency_key_makes_one_job() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn jobs_a_crash_left_running_run_again_at_the_next_start() {
-    let dir = tempfile::tempdir().expect("temp dir");
+async fn jobs_a_crash_left_running_run_again_at_the_next_start(backend: Backend) {
+    let store = Store::new(backend).await;
     let id = {
-        let engine = open(dir.path()).await;
+        let engine = open(&store).await;
         let id = submit(
             &engine,
             "sleep",
@@ -417,14 +506,14 @@ async fn jobs_a_crash_left_running_run_again_at_the_next_start() {
         assert!(
             engine
                 .registry()
-                .start(id, 1)
+                .start(id, 1, "a-worker-that-crashed")
                 .await
                 .expect("start")
                 .is_some()
         );
         id
     };
-    let engine = open(dir.path()).await;
+    let engine = open(&store).await;
     let (stop, workers) = start_workers(&engine);
     let job = finished(&engine, id).await;
     assert_eq!(job.state, JobState::Succeeded);
@@ -433,9 +522,8 @@ async fn jobs_a_crash_left_running_run_again_at_the_next_start() {
     let _ = tokio::time::timeout(Duration::from_secs(10), workers).await;
 }
 
-#[tokio::test]
-async fn a_thousand_concurrent_jobs_each_run_exactly_once() {
-    let app = running().await;
+async fn a_thousand_concurrent_jobs_each_run_exactly_once(backend: Backend) {
+    let app = running(backend).await;
     let submits = (0..1_000).map(|_| {
         let engine = app.engine.clone();
         tokio::spawn(async move {
@@ -467,9 +555,8 @@ async fn a_thousand_concurrent_jobs_each_run_exactly_once() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn finished_jobs_past_their_retention_are_purged_with_their_files() {
-    let app = running().await;
+async fn finished_jobs_past_their_retention_are_purged_with_their_files(backend: Backend) {
+    let app = running(backend).await;
     let done = submit(
         &app.engine,
         "sleep",
@@ -503,7 +590,9 @@ async fn finished_jobs_past_their_retention_are_purged_with_their_files() {
             .expect("purge"),
         0
     );
-    assert_eq!(app.engine.queue().task_count().await.expect("count"), 2);
+    // The SQL queues keep the finished task's record until the purge; Redis drops it at once.
+    let before = app.engine.queue().task_count().await.expect("count");
+    assert!((1..=2).contains(&before), "{before} tasks");
     // The queue keeps whole seconds.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let purged = app
@@ -533,9 +622,8 @@ async fn finished_jobs_past_their_retention_are_purged_with_their_files() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_failed_job_can_be_retried_by_hand_as_a_linked_new_job() {
-    let app = running().await;
+async fn a_failed_job_can_be_retried_by_hand_as_a_linked_new_job(backend: Backend) {
+    let app = running(backend).await;
     let id = submit(
         &app.engine,
         "flaky",
@@ -576,4 +664,169 @@ async fn a_failed_job_can_be_retried_by_hand_as_a_linked_new_job() {
         Some(Err(JobState::Succeeded))
     );
     app.stop().await;
+}
+
+/// The engine a page would be served by: on a backend processes share, another process's (no
+/// workers of its own); on SQLite, the one process there is.
+async fn web_engine(app: &Running) -> Engine {
+    if app.engine.is_shared() {
+        open(&app.store).await
+    } else {
+        app.engine.clone()
+    }
+}
+
+async fn a_running_job_is_cancelled_within_a_second_from_any_process(backend: Backend) {
+    let app = running(backend).await;
+    let web = web_engine(&app).await;
+    let id = submit(
+        &web,
+        "sleep",
+        json!({ "ms": 20_000, "steps": 20 }),
+        SubmitOptions::default(),
+    )
+    .await;
+    wait_until(&web, id, Duration::from_secs(5), |j| {
+        j.state == JobState::Running
+    })
+    .await;
+    let asked = tokio::time::Instant::now();
+    let outcome = web.cancel(&owner(), id).await.expect("cancel");
+    assert_eq!(outcome, Some(CancelOutcome::Requested));
+    let job = wait_until(&web, id, Duration::from_secs(1), |j| j.state.is_terminal()).await;
+    assert_eq!(job.state, JobState::Cancelled);
+    eprintln!("cancelled after {:?}", asked.elapsed());
+    assert_eq!(
+        web.cancel(&owner(), id).await.expect("cancel again"),
+        Some(CancelOutcome::AlreadyFinished(JobState::Cancelled))
+    );
+    app.stop().await;
+}
+
+async fn a_page_on_any_process_sees_live_progress(backend: Backend) {
+    let app = running(backend).await;
+    let web = web_engine(&app).await;
+    let mut mine = web.subscribe(Topic::Owner(owner()));
+    let id = submit(
+        &web,
+        "sleep",
+        json!({ "ms": 300, "steps": 5 }),
+        SubmitOptions::default(),
+    )
+    .await;
+    let mut watch = web.subscribe(Topic::Job(id));
+    let mut progress = Vec::new();
+    let mut logs = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let last = loop {
+        let event = tokio::time::timeout_at(deadline, watch.recv())
+            .await
+            .expect("events keep coming until the job ends")
+            .expect("the stream stays open");
+        match event {
+            JobEvent::Changed(job) => {
+                progress.extend(job.progress);
+                if job.state.is_terminal() {
+                    break job.state;
+                }
+            }
+            JobEvent::Log { job_id, .. } => {
+                assert_eq!(job_id, id);
+                logs += 1;
+            }
+        }
+    };
+    assert_eq!(last, JobState::Succeeded);
+    assert!(progress.len() >= 5, "progress arrived live: {progress:?}");
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
+    assert!(logs >= 1, "log lines arrived live");
+    // The owner's list hears about the job too.
+    let mut seen_done = false;
+    while let Ok(Ok(event)) = tokio::time::timeout(Duration::from_secs(2), mine.recv()).await {
+        if let JobEvent::Changed(job) = event
+            && job.id == id
+            && job.state == JobState::Succeeded
+        {
+            seen_done = true;
+            break;
+        }
+    }
+    assert!(seen_done, "the owner's watchers saw the job succeed");
+    app.stop().await;
+}
+
+async fn a_dead_workers_jobs_run_again_within_30_s(backend: Backend) {
+    let store = Store::new(backend).await;
+    let engine = open(&store).await;
+    let id = submit(
+        &engine,
+        "sleep",
+        json!({ "ms": 50 }),
+        SubmitOptions::default(),
+    )
+    .await;
+    // A worker took the job, beat once, and died.
+    let dead = "a-worker-that-died";
+    engine.registry().beat(dead).await.expect("beat");
+    let started = engine.registry().start(id, 1, dead).await.expect("start");
+    assert!(started.is_some());
+    let (stop, workers) = start_workers(&engine);
+    let job = wait_until(&engine, id, Duration::from_secs(30), |j| {
+        j.state.is_terminal()
+    })
+    .await;
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(job.attempts, 2, "the interrupted attempt counts");
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), workers).await;
+}
+
+async fn a_backlog_of_20_000_jobs_drains_completely(backend: Backend) {
+    const JOBS: usize = 20_000;
+    let store = Store::new(backend).await;
+    let engine = open(&store).await;
+    // All of them due at once before any worker runs: the case that stalls apalis-redis.
+    let submitters = (0..16).map(|_| {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            for _ in 0..JOBS / 16 {
+                submit(
+                    &engine,
+                    "sleep",
+                    json!({ "ms": 0 }),
+                    SubmitOptions::default(),
+                )
+                .await;
+            }
+        })
+    });
+    for submitter in futures::future::join_all(submitters).await {
+        submitter.expect("submitter");
+    }
+    let started = tokio::time::Instant::now();
+    let (stop, workers) = start_workers(&engine);
+    let mut filter = errand_engine::JobFilter::owner(owner());
+    filter.state = Some(JobState::Succeeded);
+    loop {
+        let done = engine.registry().count(&filter).await.expect("count");
+        if done as usize == JOBS {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "only {done} of {JOBS} jobs succeeded in 4 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!(
+        "{backend:?}: drained {JOBS} jobs in {:?}",
+        started.elapsed()
+    );
+    filter.state = None;
+    assert_eq!(
+        engine.registry().count(&filter).await.expect("count") as usize,
+        JOBS
+    );
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), workers).await;
 }

@@ -1,7 +1,7 @@
 //! Configuration: defaults, overridden by environment variables (`ERRAND_…`, and cargo-leptos's
 //! `LEPTOS_SITE_ADDR` / `LEPTOS_SITE_ROOT`), overridden by flags.
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -12,7 +12,23 @@ use std::path::PathBuf;
     about = "Hand long work to background workers and watch it live."
 )]
 pub struct Config {
-    /// Address to listen on (port 0 picks a free port).
+    /// What this process does: `serve` (pages, API and workers; the default), `web` (pages and
+    /// API only) or `worker` (runs jobs only). `web` and `worker` processes share jobs through
+    /// Postgres (`--database-url` and `--queue-url`).
+    #[arg(value_enum, env = "ERRAND_ROLE", default_value_t = Role::Serve)]
+    pub role: Role,
+
+    /// Where the job registry lives: `sqlite://…` or `postgres://…`. Default: `errand.db` in
+    /// the data dir.
+    #[arg(long, env = "ERRAND_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Where the job queue lives: `sqlite://…` or `postgres://…`. Default: `queue.db` in the
+    /// data dir.
+    #[arg(long, env = "ERRAND_QUEUE_URL", hide_env_values = true)]
+    pub queue_url: Option<String>,
+
+    /// Address to listen on (port 0 picks a free port); not used by the `worker` role.
     #[arg(long, env = "LEPTOS_SITE_ADDR", default_value = "127.0.0.1:3000")]
     pub addr: SocketAddr,
 
@@ -47,10 +63,34 @@ pub struct Config {
     pub webhook_allow: Vec<std::net::IpAddr>,
 }
 
+/// What one process of a deployment does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// Pages, API and workers in one process.
+    Serve,
+    /// Pages and API only; jobs run in `worker` processes.
+    Web,
+    /// Runs jobs only.
+    Worker,
+}
+
+impl Role {
+    pub fn serves_http(self) -> bool {
+        self != Role::Worker
+    }
+
+    pub fn runs_jobs(self) -> bool {
+        self != Role::Web
+    }
+}
+
 impl Config {
     /// Defaults for a data dir, listening on a free local port (for tests).
     pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
         Self {
+            role: Role::Serve,
+            database_url: None,
+            queue_url: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: data_dir.into(),
             site_root: PathBuf::from("target/site"),

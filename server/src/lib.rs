@@ -8,10 +8,10 @@ pub mod session;
 mod state;
 mod uploads;
 
-pub use config::Config;
+pub use config::{Config, Role};
 pub use state::AppState;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use axum::Router;
 use errand_app::{App, shell};
 use errand_engine::{Engine, EngineConfig};
@@ -27,10 +27,10 @@ use tower_http::trace::TraceLayer;
 
 /// A built server, bound to its port, not yet serving.
 pub struct Application {
-    listener: TcpListener,
-    router: Router,
+    /// The HTTP side; `None` in the `worker` role.
+    http: Option<(TcpListener, Router)>,
     engine: Engine,
-    worker_name: String,
+    role: Role,
     retention: Duration,
 }
 
@@ -45,10 +45,34 @@ impl Application {
             concurrency: config.concurrency.max(1),
             shutdown_grace: Duration::from_secs(config.shutdown_grace),
             webhook_allow: config.webhook_allow.clone(),
+            database_url: config.database_url.clone(),
+            queue_url: config.queue_url.clone(),
         };
-        let engine = Engine::open(engine_config).await.with_context(|| {
-            format!("could not open the data dir {}", config.data_dir.display())
-        })?;
+        let engine = Engine::open(engine_config)
+            .await
+            .context("could not open the job registry and queue")?;
+        if config.role != Role::Serve && !(engine.is_shared() && engine.queue().is_shared()) {
+            bail!(
+                "the {:?} role shares jobs with other processes through Postgres: \
+                 set --database-url and --queue-url to postgres://…",
+                config.role
+            );
+        }
+        let http = if config.role.serves_http() {
+            Some(Self::http(&config, &engine).await?)
+        } else {
+            None
+        };
+        Ok(Self {
+            http,
+            engine,
+            role: config.role,
+            retention: Duration::from_secs_f64(config.retention_days.max(0.0) * 86_400.0),
+        })
+    }
+
+    /// Binds the address and assembles the routes.
+    async fn http(config: &Config, engine: &Engine) -> anyhow::Result<(TcpListener, Router)> {
         let session_key = session::load_key(config.session_key.as_deref(), &config.data_dir)?;
         let listener = TcpListener::bind(config.addr)
             .await
@@ -64,19 +88,19 @@ impl Application {
             engine: engine.clone(),
             session_key,
         };
-        Ok(Self {
-            router: router(state),
-            listener,
-            engine,
-            worker_name: format!("errand-{}", ulid::Ulid::generate()),
-            retention: Duration::from_secs_f64(config.retention_days.max(0.0) * 86_400.0),
-        })
+        Ok((listener, router(state)))
     }
 
+    /// The address HTTP is served on (an unspecified one in the `worker` role).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        self.http
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
     }
 
     pub fn port(&self) -> u16 {
@@ -96,29 +120,36 @@ impl Application {
                 let _ = rx.wait_for(|stop| *stop).await;
             }
         };
-        tokio::spawn(purge_periodically(
-            self.engine.clone(),
-            self.retention,
-            stopped(),
-        ));
-        let workers = {
+        let workers = self.role.runs_jobs().then(|| {
+            // Retention is a worker's chore: every deployment has one, and web processes
+            // stay lean.
+            tokio::spawn(purge_periodically(
+                self.engine.clone(),
+                self.retention,
+                stopped(),
+            ));
             let engine = self.engine.clone();
             let stopped = stopped();
-            tokio::spawn(async move { engine.run_workers(self.worker_name, stopped).await })
-        };
+            tokio::spawn(async move { engine.run_workers(stopped).await })
+        });
         let engine = self.engine.clone();
-        tokio::spawn(async move {
+        let signal = tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down");
             // End the event streams, or open pages would hold the HTTP server open.
             engine.hub().close();
             let _ = stop_tx.send(true);
         });
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(stopped())
-            .await
-            .context("HTTP server failed")?;
-        workers.await.context("worker task failed")??;
+        match self.http {
+            Some((listener, router)) => axum::serve(listener, router)
+                .with_graceful_shutdown(stopped())
+                .await
+                .context("HTTP server failed")?,
+            None => signal.await.context("signal task failed")?,
+        }
+        if let Some(workers) = workers {
+            workers.await.context("worker task failed")??;
+        }
         Ok(())
     }
 }

@@ -1,7 +1,8 @@
-//! `errand`: serves the web app and runs the workers in one process.
+//! `errand`: serves the web app and runs the workers, in one process or (roles `web` and
+//! `worker`) in several sharing Postgres.
 
 use clap::Parser;
-use errand_server::{Application, Config, shutdown_signal};
+use errand_server::{Application, Config, Role, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -13,6 +14,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let config = Config::parse();
     let app = Application::build(config).await?;
-    tracing::info!("listening on http://{}", app.local_addr());
+    match app.role() {
+        Role::Worker => tracing::info!("worker started"),
+        role => tracing::info!(?role, "listening on http://{}", app.local_addr()),
+    }
     app.run_until_stopped(shutdown_signal()).await
 }

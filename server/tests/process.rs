@@ -1,10 +1,11 @@
 //! The real `errand` binary as a child process: killed with SIGKILL mid-job, stopped with
-//! SIGTERM, restarted on the same data dir. Nothing may be lost, and when nothing crashed
-//! nothing may run twice.
+//! SIGTERM, restarted on the same data dir, and split into `web` and `worker` processes sharing
+//! a Postgres database. Nothing may be lost, and when nothing crashed nothing may run twice.
 
 mod common;
 
 use common::Client;
+use errand_engine::testing::{TestDatabase, TestRedis};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -24,14 +25,13 @@ fn free_port() -> u16 {
 
 /// Starts `errand` on `data_dir` and waits until it answers; `http` keeps the browser session.
 async fn start(data_dir: &Path, http: reqwest::Client) -> Server {
+    start_with(&[], data_dir, http).await
+}
+
+/// Starts `errand` with `args` before the usual ones, and waits until it answers.
+async fn start_with(args: &[&str], data_dir: &Path, http: reqwest::Client) -> Server {
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_errand"))
-        .args(["--addr", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("errand starts");
+    let mut child = spawn(args, data_dir, &["--addr", &format!("127.0.0.1:{port}")]);
     let client = Client {
         base: format!("http://127.0.0.1:{port}"),
         http,
@@ -51,6 +51,57 @@ async fn start(data_dir: &Path, http: reqwest::Client) -> Server {
     let _ = child.kill();
     let _ = child.wait();
     panic!("errand did not answer within 10 s");
+}
+
+/// Spawns `errand` with `args`, the data dir and `more`.
+fn spawn(args: &[&str], data_dir: &Path, more: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_errand"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(more)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("errand starts")
+}
+
+/// Where web and worker processes share their jobs: a fresh Postgres database for the
+/// registry, and for the queue the same database or a fresh Redis key prefix.
+struct Shared {
+    database: TestDatabase,
+    redis: Option<TestRedis>,
+}
+
+impl Shared {
+    async fn postgres() -> Self {
+        Self {
+            database: TestDatabase::create().await,
+            redis: None,
+        }
+    }
+
+    async fn redis() -> Self {
+        Self {
+            database: TestDatabase::create().await,
+            redis: Some(TestRedis::create().await),
+        }
+    }
+
+    /// The arguments for a process of `role`.
+    fn args<'a>(&'a self, role: &'a str) -> [&'a str; 5] {
+        let queue = self
+            .redis
+            .as_ref()
+            .map_or(self.database.url(), |redis| redis.url());
+        [
+            role,
+            "--database-url",
+            self.database.url(),
+            "--queue-url",
+            queue,
+        ]
+    }
 }
 
 fn browser() -> reqwest::Client {
@@ -159,4 +210,103 @@ async fn a_restart_with_a_thousand_queued_jobs_loses_none() {
         );
     }
     terminate(server).await;
+}
+
+#[tokio::test]
+async fn on_postgres_a_web_process_shows_live_progress_of_a_job_a_worker_process_runs() {
+    live_progress_across_processes(Shared::postgres().await).await;
+}
+
+#[tokio::test]
+async fn on_redis_a_web_process_shows_live_progress_of_a_job_a_worker_process_runs() {
+    live_progress_across_processes(Shared::redis().await).await;
+}
+
+async fn live_progress_across_processes(shared: Shared) {
+    let (web_dir, worker_dir) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let web = start_with(&shared.args("web"), web_dir.path(), browser()).await;
+    let mut worker = spawn(&shared.args("worker"), worker_dir.path(), &[]);
+
+    let id = web.client.sleep_job(600, 6).await;
+    let events = web
+        .client
+        .http
+        .get(web.client.url(&format!("/api/jobs/{id}/events")))
+        .send()
+        .await
+        .expect("event stream");
+    assert_eq!(events.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(15), events.text())
+        .await
+        .expect("the stream ends after the job does")
+        .expect("stream body");
+    let progress: Vec<f64> = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .filter_map(|data| serde_json::from_str::<Value>(data.trim()).ok())
+        .filter_map(|event| event["progress"].as_f64())
+        .collect();
+    assert!(
+        progress.len() >= 3,
+        "live progress reached the web process: {body}"
+    );
+    assert!(body.contains("\"succeeded\""), "{body}");
+    let job = web.client.job(&id).await;
+    assert_eq!(
+        (job["state"].as_str(), job["attempts"].as_i64()),
+        (Some("succeeded"), Some(1))
+    );
+
+    let _ = worker.kill();
+    let _ = worker.wait();
+    terminate(web).await;
+}
+
+#[tokio::test]
+async fn on_postgres_a_job_of_a_killed_worker_process_runs_on_another_within_30_s() {
+    killed_worker_recovery(Shared::postgres().await).await;
+}
+
+#[tokio::test]
+async fn on_redis_a_job_of_a_killed_worker_process_runs_on_another_within_30_s() {
+    killed_worker_recovery(Shared::redis().await).await;
+}
+
+async fn killed_worker_recovery(shared: Shared) {
+    let dirs = [(); 3].map(|()| tempfile::tempdir().expect("dir"));
+    let web = start_with(&shared.args("web"), dirs[0].path(), browser()).await;
+    let mut first = spawn(&shared.args("worker"), dirs[1].path(), &[]);
+    let id = web.client.sleep_job(3_000, 30).await;
+    web.client
+        .wait_for_state(&id, &["running"], Duration::from_secs(10))
+        .await;
+    first.kill().expect("SIGKILL");
+    first.wait().expect("reaped");
+
+    let mut second = spawn(&shared.args("worker"), dirs[2].path(), &[]);
+    let job = web
+        .client
+        .wait_for_state(&id, &["succeeded", "failed"], Duration::from_secs(35))
+        .await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 2, "the killed attempt counts: {job}");
+    let _ = second.kill();
+    let _ = second.wait();
+    terminate(web).await;
+}
+
+#[tokio::test]
+async fn the_web_and_worker_roles_refuse_to_run_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_errand"))
+        .args(["worker", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("errand runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--database-url"), "{stderr}");
 }

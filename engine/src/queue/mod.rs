@@ -1,0 +1,309 @@
+//! The queue: apalis with its SQLite storage (the default, a file in the data dir) or its
+//! Postgres storage (shared by several processes). Only job ids travel through it; everything a
+//! person sees lives in the registry. The queue name is a fixed string, never apalis's default of
+//! the Rust type path, so renaming a type cannot orphan queued jobs.
+//!
+//! apalis 1.0's workers re-fetch only on their heartbeat unless something wakes them. Errand
+//! wakes them itself: every successful push in this process signals a [`Notify`] (after the
+//! insert is committed, so the fetch it triggers sees the row), Postgres announces inserts from
+//! other processes with LISTEN/NOTIFY, and a short tick backs both up — it also starts scheduled
+//! jobs and retries, which nothing announces at their time.
+
+use crate::model::JobId;
+use apalis::prelude::*;
+use apalis_core::backend::persistence::Persistence;
+use apalis_postgres::{PgPool, PostgresStorage, Pubsub};
+use futures::StreamExt;
+use redis_queue::{RedisQueue, RedisQueueError};
+use serde::{Deserialize, Serialize};
+use sqlite_queue::{SqliteQueue, SqliteQueueError};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use storage::PersistedStorage;
+use tokio::sync::Notify;
+use wake::{WakeUps, notified};
+
+mod redis_queue;
+mod sqlite_queue;
+mod storage;
+mod wake;
+
+/// Errand's SQLite storage as a worker consumes it.
+type SqliteStorage = PersistedStorage<SqliteQueue, QueuedJob>;
+
+/// Errand's Redis storage as a worker consumes it.
+type RedisStorage = PersistedStorage<RedisQueue, QueuedJob>;
+
+/// The queue every Errand job goes through. Never change it: queued jobs would be orphaned.
+pub const QUEUE_NAME: &str = "errand.jobs";
+
+/// How often a worker on a shared queue tells the others it is alive.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// What travels through apalis: the id of a job in the registry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueuedJob {
+    pub job_id: JobId,
+    /// The job's delivery number when this task was pushed; see `Registry::start`.
+    #[serde(default = "first_delivery")]
+    pub delivery: i64,
+    /// Not before this time (unix ms); the queue itself counts whole seconds.
+    #[serde(default)]
+    pub run_at: Option<i64>,
+}
+
+fn first_delivery() -> i64 {
+    1
+}
+
+/// A failure of the queue's storage. Its text is for logs, never for a client.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("queue storage error: {0}")]
+    Storage(String),
+    #[error(transparent)]
+    Redis(#[from] RedisQueueError),
+    #[error(transparent)]
+    Sqlite(#[from] SqliteQueueError),
+    #[error("unsupported queue URL {0:?}: use sqlite://…, postgres://… or redis://…")]
+    Url(String),
+}
+
+/// Handle to the apalis queue.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    storage: Storage,
+    wake: Arc<Notify>,
+}
+
+/// The apalis storage behind a queue.
+#[derive(Clone)]
+pub(crate) enum Storage {
+    Sqlite(SqliteStorage),
+    Postgres(PostgresStorage<QueuedJob>),
+    Redis(RedisStorage),
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Storage::Sqlite(storage) => storage.fmt(f),
+            Storage::Postgres(_) => f.write_str("PostgresStorage"),
+            Storage::Redis(storage) => storage.fmt(f),
+        }
+    }
+}
+
+impl Queue {
+    /// Opens (creating if needed) the queue file and runs apalis's migrations.
+    pub async fn open(path: &Path) -> Result<Self, QueueError> {
+        Self::open_sqlite(SqliteConnectOptions::new().filename(path)).await
+    }
+
+    /// Opens the queue at `url`: `sqlite://…` or `postgres://…` (and runs apalis's migrations),
+    /// or `redis://…` (keys under `errand:`, or `?prefix=name`).
+    pub async fn connect(url: &str) -> Result<Self, QueueError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await?;
+            Self::open_postgres(pool).await
+        } else if url.starts_with("sqlite:") {
+            Self::open_sqlite(SqliteConnectOptions::from_str(url)?).await
+        } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+            let queue = RedisQueue::connect(url).await?;
+            // Beat often enough that a live worker is never taken for dead.
+            let heartbeat = redis_queue::ORPHANED_AFTER / 3;
+            Ok(Self::with(Storage::Redis(RedisStorage::new(
+                queue,
+                redis_queue::BATCH,
+                heartbeat,
+            ))))
+        } else {
+            Err(QueueError::Url(url.to_owned()))
+        }
+    }
+
+    async fn open_sqlite(options: SqliteConnectOptions) -> Result<Self, QueueError> {
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .pragma("temp_store", "memory");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        let queue = SqliteQueue::open(pool).await?;
+        // One process owns the file: no other worker's heartbeat to watch.
+        let heartbeat = Duration::from_secs(30);
+        Ok(Self::with(Storage::Sqlite(SqliteStorage::new(
+            queue,
+            sqlite_queue::BATCH,
+            heartbeat,
+        ))))
+    }
+
+    async fn open_postgres(pool: PgPool) -> Result<Self, QueueError> {
+        PostgresStorage::setup(&pool)
+            .await
+            .map_err(|e| QueueError::Storage(e.to_string()))?;
+        // Errand recovers a dead worker's jobs itself (see `Engine::recover_orphans`); apalis's
+        // own recovery only has to hand back its tasks, which Errand then skips as stale.
+        let config = apalis_postgres::Config::default()
+            .queue(QUEUE_NAME)
+            .heartbeat_interval(HEARTBEAT)
+            .missed_heartbeats(3);
+        Ok(Self::with(Storage::Postgres(
+            PostgresStorage::new(&pool).with_config(config),
+        )))
+    }
+
+    fn with(storage: Storage) -> Self {
+        Self {
+            storage,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Which storage this is, for logs: "sqlite", "postgres" or "redis".
+    pub fn backend_name(&self) -> &'static str {
+        match self.storage {
+            Storage::Sqlite(_) => "sqlite",
+            Storage::Postgres(_) => "postgres",
+            Storage::Redis(_) => "redis",
+        }
+    }
+
+    /// The Redis queue, when the queue is on Redis (live events travel through it).
+    pub(crate) fn redis(&self) -> Option<&RedisQueue> {
+        match &self.storage {
+            Storage::Redis(storage) => Some(storage.persistence()),
+            _ => None,
+        }
+    }
+
+    /// True when other processes can share this queue.
+    pub fn is_shared(&self) -> bool {
+        !matches!(self.storage, Storage::Sqlite(_))
+    }
+
+    /// Puts a delivery of a job on the queue, not to be handed out before `run_at` (unix ms;
+    /// the queue counts whole seconds, so it may come up to a second early and the worker waits
+    /// the rest), and wakes the worker.
+    pub async fn push(
+        &self,
+        job_id: JobId,
+        delivery: i64,
+        run_at: Option<i64>,
+    ) -> Result<(), QueueError> {
+        // The first delivery goes under the job's own id; later ones (retries) need their own.
+        let task_id = if delivery == 1 {
+            job_id
+        } else {
+            ulid::Ulid::generate()
+        };
+        let mut task = TaskBuilder::new(QueuedJob {
+            job_id,
+            delivery,
+            run_at,
+        })
+        .task_id(TaskId::from(task_id))
+        // Errand records failures and retries itself; apalis must not re-run a job.
+        .max_attempts(1);
+        if let Some(run_at) = run_at {
+            task = task.run_at_timestamp((run_at.max(0) / 1000) as u64);
+        }
+        let task = task.build();
+        match &self.storage {
+            Storage::Postgres(storage) => storage
+                .clone()
+                .push_task(task)
+                .await
+                .map_err(|e| QueueError::Storage(e.to_string()))?,
+            Storage::Sqlite(storage) => {
+                let task = encode(task)?;
+                storage.persistence().clone().push_tasks(vec![task]).await?;
+            }
+            Storage::Redis(storage) => {
+                let task = encode(task)?;
+                storage.persistence().clone().push_tasks(vec![task]).await?;
+            }
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Deletes the queue's records of tasks that finished before `before` (unix ms):
+    /// apalis-postgres keeps them forever otherwise (Errand's own SQLite and Redis storages keep
+    /// none). Returns how many.
+    pub async fn purge_finished(&self, before: i64) -> Result<u64, QueueError> {
+        let deleted = match &self.storage {
+            Storage::Sqlite(_) | Storage::Redis(_) => 0,
+            Storage::Postgres(storage) => sqlx::query(
+                "DELETE FROM apalis.jobs WHERE job_type = $1 \
+                 AND status IN ('Done', 'Killed', 'Failed') \
+                 AND done_at IS NOT NULL AND done_at < to_timestamp($2)",
+            )
+            .bind(QUEUE_NAME)
+            .bind(before as f64 / 1000.0)
+            .execute(storage.pool())
+            .await?
+            .rows_affected(),
+        };
+        Ok(deleted)
+    }
+
+    /// How many task records the queue holds, finished ones included (for operators and tests).
+    pub async fn task_count(&self) -> Result<u64, QueueError> {
+        let count: i64 = match &self.storage {
+            Storage::Sqlite(storage) => {
+                return Ok(storage.persistence().task_count().await?);
+            }
+            Storage::Postgres(storage) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM apalis.jobs WHERE job_type = $1")
+                    .bind(QUEUE_NAME)
+                    .fetch_one(storage.pool())
+                    .await?
+            }
+            Storage::Redis(storage) => {
+                return Ok(storage.persistence().task_count().await?);
+            }
+        };
+        Ok(count.max(0) as u64)
+    }
+
+    /// The storage a worker consumes.
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// What wakes a worker of this process: its own pushes, a backstop tick, and on a shared
+    /// queue the pushes of every process (Postgres LISTEN, Redis pub/sub).
+    pub(crate) fn wake_ups(&self) -> WakeUps {
+        let mut sources = vec![notified(self.wake.clone())];
+        match &self.storage {
+            Storage::Sqlite(_) => {}
+            Storage::Postgres(storage) => {
+                let inserts = Pubsub::new(storage.pool().clone(), QUEUE_NAME.to_owned());
+                sources.push(inserts.map(|_| ()).boxed());
+            }
+            Storage::Redis(storage) => sources.push(storage.persistence().pushes()),
+        }
+        WakeUps::new(sources)
+    }
+}
+
+/// A task with its arguments as JSON bytes, as Errand's own storages keep them.
+fn encode(task: Task<QueuedJob>) -> Result<Task<Vec<u8>>, QueueError> {
+    task.try_map_args(|job| serde_json::to_vec(&job))
+        .map_err(|e| QueueError::Storage(e.to_string()))
+}

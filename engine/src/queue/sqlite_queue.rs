@@ -1,0 +1,236 @@
+//! Errand's own SQLite storage for apalis, behind apalis's `Persistence` trait: the embedded
+//! default's fast path.
+//!
+//! apalis-sqlite 1.0 keeps every finished task and its acknowledge and lock statements scan
+//! that history, so it drains a few hundred jobs a second and slows as history grows. Here a
+//! task lives only while it waits or runs (the registry keeps the history), waiting tasks sit in
+//! a partial index, a fetch claims a whole batch in one statement, and acknowledgements of a batch
+//! delete in one statement. Pushes from concurrent requests are committed together (group
+//! commit): one transaction and one multi-row `INSERT` for everything that arrived meanwhile.
+//!
+//! One process owns the file: at start a worker takes back whatever a previous process had
+//! fetched and not finished.
+
+use crate::model::now_ms;
+use apalis_core::backend::persistence::{Persistence, TaskEvent};
+use apalis_core::task::Task;
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::task::task_id::TaskId;
+use apalis_core::worker::context::WorkerContext;
+use serde_json::Value;
+use sqlx::SqlitePool;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// How many tasks one fetch claims.
+pub(crate) const BATCH: usize = 32;
+
+/// The most rows one `INSERT` carries (SQLite allows 32,766 parameters; a row takes three).
+const PUSH_ROWS: usize = 1_000;
+
+/// A failure of the SQLite queue.
+#[derive(Debug, thiserror::Error)]
+pub enum SqliteQueueError {
+    #[error("queue database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("bad task id in the queue: {0}")]
+    TaskId(String),
+    #[error("the queue's writer stopped")]
+    WriterGone,
+}
+
+/// A push waiting for the group commit, and who to tell when it is durable.
+struct Pending {
+    rows: Vec<Row>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// A task as stored: id, arguments, due time (unix ms).
+type Row = (String, Vec<u8>, i64);
+
+/// The queue's pool and its group-commit writer.
+#[derive(Clone)]
+pub(crate) struct SqliteQueue {
+    pool: SqlitePool,
+    writer: mpsc::UnboundedSender<Pending>,
+    /// Keeps the writer running while any handle lives.
+    _writer: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SqliteQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteQueue").finish_non_exhaustive()
+    }
+}
+
+impl SqliteQueue {
+    /// Creates the queue's table in `pool`'s database if needed and starts its writer.
+    pub(crate) async fn open(pool: SqlitePool) -> Result<Self, SqliteQueueError> {
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS errand_tasks (
+                 id     TEXT PRIMARY KEY NOT NULL,  -- ULID
+                 args   BLOB NOT NULL,              -- the task's arguments (JSON)
+                 run_at INTEGER NOT NULL,           -- due time, unix ms
+                 worker TEXT                        -- who fetched it; NULL while it waits
+             );
+             CREATE INDEX IF NOT EXISTS errand_tasks_waiting
+                 ON errand_tasks (run_at, id) WHERE worker IS NULL;
+             CREATE INDEX IF NOT EXISTS errand_tasks_fetched
+                 ON errand_tasks (worker) WHERE worker IS NOT NULL;",
+        )
+        .execute(&pool)
+        .await?;
+        let (writer, pending) = mpsc::unbounded_channel();
+        let task = tokio::spawn(write(pool.clone(), pending));
+        Ok(Self {
+            pool,
+            writer,
+            _writer: Arc::new(task),
+        })
+    }
+
+    /// How many tasks the queue holds (waiting or fetched).
+    pub(crate) async fn task_count(&self) -> Result<u64, SqliteQueueError> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM errand_tasks")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count.max(0) as u64)
+    }
+}
+
+/// The group-commit writer: takes every push that is waiting, writes them in one transaction,
+/// and tells each pusher the outcome.
+async fn write(pool: SqlitePool, mut pending: mpsc::UnboundedReceiver<Pending>) {
+    let mut batch = Vec::new();
+    while pending.recv_many(&mut batch, 4_096).await > 0 {
+        let rows: Vec<&Row> = batch.iter().flat_map(|p| &p.rows).collect();
+        let result = insert(&pool, &rows).await.map_err(|err| err.to_string());
+        for push in batch.drain(..) {
+            let _ = push.done.send(result.clone());
+        }
+    }
+}
+
+async fn insert(pool: &SqlitePool, rows: &[&Row]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for chunk in rows.chunks(PUSH_ROWS) {
+        let mut insert = sqlx::QueryBuilder::new("INSERT INTO errand_tasks (id, args, run_at) ");
+        insert.push_values(chunk, |mut row, (id, args, run_at)| {
+            row.push_bind(id).push_bind(args).push_bind(run_at);
+        });
+        insert.push(" ON CONFLICT (id) DO NOTHING");
+        insert.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await
+}
+
+impl Persistence for SqliteQueue {
+    type Compact = Vec<u8>;
+    type Response = Value;
+    type Error = SqliteQueueError;
+
+    async fn register(&mut self, worker: &WorkerContext) -> Result<(), Self::Error> {
+        // One process owns the file: what another worker fetched, it will never finish.
+        sqlx::query(
+            "UPDATE errand_tasks SET worker = NULL WHERE worker IS NOT NULL AND worker <> $1",
+        )
+        .bind(worker.name())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn heartbeat(&mut self, _: &WorkerContext) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    async fn fetch_next(
+        &mut self,
+        worker: &WorkerContext,
+    ) -> Result<Vec<Task<Vec<u8>>>, Self::Error> {
+        let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
+            "UPDATE errand_tasks SET worker = $1 WHERE id IN (
+                 SELECT id FROM errand_tasks WHERE worker IS NULL AND run_at <= $2
+                 ORDER BY run_at, id LIMIT $3)
+             RETURNING id, args",
+        )
+        .bind(worker.name())
+        .bind(now_ms())
+        .bind(BATCH as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, args)| {
+                let ulid =
+                    ulid::Ulid::from_string(&id).map_err(|_| SqliteQueueError::TaskId(id))?;
+                Ok(TaskBuilder::new(args)
+                    .task_id(TaskId::from_ulid(ulid))
+                    .build())
+            })
+            .collect()
+    }
+
+    async fn reenqueue_abandoned(
+        &mut self,
+        tasks: Vec<Task<Vec<u8>>>,
+        worker: &WorkerContext,
+    ) -> Result<u64, Self::Error> {
+        let ids = ids_json(tasks.iter().filter_map(|task| task.task_id()));
+        let released = sqlx::query(
+            "UPDATE errand_tasks SET worker = NULL \
+             WHERE worker = $1 AND id IN (SELECT value FROM json_each($2))",
+        )
+        .bind(worker.name())
+        .bind(ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(released.rows_affected())
+    }
+
+    async fn handle_events(
+        &mut self,
+        events: Vec<TaskEvent<Value>>,
+        _: &WorkerContext,
+    ) -> Result<(), Self::Error> {
+        let finished = events.iter().filter_map(|event| match event {
+            TaskEvent::Complete(result) => Some(&result.task_id),
+            _ => None,
+        });
+        let ids = ids_json(finished);
+        if ids != "[]" {
+            sqlx::query("DELETE FROM errand_tasks WHERE id IN (SELECT value FROM json_each($1))")
+                .bind(ids)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn push_tasks(&mut self, tasks: Vec<Task<Vec<u8>>>) -> Result<(), Self::Error> {
+        let now = now_ms();
+        let rows = tasks
+            .into_iter()
+            .map(|task| {
+                let id = task
+                    .task_id()
+                    .map_or_else(|| ulid::Ulid::generate().to_string(), ToString::to_string);
+                let due = task.run_at().map_or(now, |secs| secs as i64 * 1000);
+                (id, task.args, due)
+            })
+            .collect();
+        let (done, committed) = oneshot::channel();
+        self.writer
+            .send(Pending { rows, done })
+            .map_err(|_| SqliteQueueError::WriterGone)?;
+        committed
+            .await
+            .map_err(|_| SqliteQueueError::WriterGone)?
+            .map_err(|err| SqliteQueueError::Database(sqlx::Error::Protocol(err)))
+    }
+}
+
+/// Task ids as a JSON array, for `json_each`.
+fn ids_json<'a>(ids: impl Iterator<Item = &'a TaskId>) -> String {
+    let ids: Vec<String> = ids.map(ToString::to_string).collect();
+    serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned())
+}

@@ -1,0 +1,131 @@
+//! Errand's own queue storages (Redis, and SQLite's fast path) plug into apalis the same way:
+//! a [`Persistence`] (fetch, acknowledge, push, heartbeat) driven by apalis's [`Persisted`],
+//! wrapped here into the backend a worker consumes.
+
+use apalis_codec::json::JsonCodec;
+use apalis_core::backend::persistence::{Persisted, Persistence, TaskPersistLayer};
+use apalis_core::backend::{Backend, BackendConfig, WireFormatBackend, finalize::Durable};
+use apalis_core::task::Task;
+use apalis_core::worker::context::WorkerContext;
+use serde_json::Value;
+use std::marker::PhantomData;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// A worker's backend over persistence `P`, handing out tasks whose arguments decode to `Args`.
+pub(crate) struct PersistedStorage<P: Persistence, Args> {
+    persisted: Persisted<P>,
+    codec: JsonCodec<Vec<u8>>,
+    /// How many tasks one fetch takes.
+    batch: usize,
+    /// How often the worker beats (and recovers dead workers' tasks).
+    heartbeat: Duration,
+    _args: PhantomData<fn() -> Args>,
+}
+
+impl<P: Persistence + std::fmt::Debug, Args> std::fmt::Debug for PersistedStorage<P, Args> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PersistedStorage")
+            .field("persistence", &*self.persisted)
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Persistence, Args> Clone for PersistedStorage<P, Args> {
+    fn clone(&self) -> Self {
+        Self {
+            persisted: self.persisted.clone(),
+            codec: self.codec.clone(),
+            batch: self.batch,
+            heartbeat: self.heartbeat,
+            _args: PhantomData,
+        }
+    }
+}
+
+impl<P, Args> PersistedStorage<P, Args>
+where
+    P: Persistence<Compact = Vec<u8>, Response = Value>,
+{
+    pub(crate) fn new(persistence: P, batch: usize, heartbeat: Duration) -> Self {
+        Self {
+            persisted: Persisted::new(persistence),
+            codec: JsonCodec::default(),
+            batch,
+            heartbeat,
+            _args: PhantomData,
+        }
+    }
+
+    /// The persistence, for pushes and counts outside a worker.
+    pub(crate) fn persistence(&self) -> &P {
+        &self.persisted
+    }
+}
+
+impl<P, Args> Backend for PersistedStorage<P, Args>
+where
+    P: Persistence<Compact = Vec<u8>, Response = Value>,
+    P::Error: Send + Sync + 'static,
+{
+    type Task = Task<Vec<u8>>;
+    type Error = P::Error;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        self.persisted.poll_ready(cx, worker, self.heartbeat)
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        self.persisted.poll_next(cx, worker)
+    }
+
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        self.persisted.poll_close(cx, worker)
+    }
+}
+
+impl<P, Args> BackendConfig for PersistedStorage<P, Args>
+where
+    P: Persistence<Compact = Vec<u8>, Response = Value>,
+{
+    type Args = Args;
+    type Id = ulid::Ulid;
+    type Kind = Durable;
+    type Config = ();
+    type Layer = TaskPersistLayer<JsonCodec<Value>, Value>;
+
+    fn config(&self) -> &() {
+        &()
+    }
+
+    fn middleware(&mut self, _: &mut WorkerContext) -> Self::Layer {
+        // Results must be reported: that is how a task leaves the queue. Locks need no record:
+        // a fetch already marks what it hands out as its worker's.
+        self.persisted
+            .layer(JsonCodec::<Value>::default(), self.batch)
+            .persist_results(true)
+            .lock_tasks(false)
+    }
+}
+
+impl<P: Persistence, Args> WireFormatBackend for PersistedStorage<P, Args> {
+    type Codec = JsonCodec<Vec<u8>>;
+    type Compact = Vec<u8>;
+
+    fn codec(&self) -> &Self::Codec {
+        &self.codec
+    }
+}

@@ -3,7 +3,7 @@
 
 use crate::Backend;
 use anyhow::{Context, bail};
-use errand_engine::testing::{TestDatabase, TestRedis};
+use errand_engine::testing::SharedStores;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ pub(crate) struct Server {
     pub(crate) cold_start: Duration,
     _data: tempfile::TempDir,
     /// The fresh Postgres database and Redis prefix, removed when the server is dropped.
-    _stores: (Option<TestDatabase>, Option<TestRedis>),
+    _stores: Option<SharedStores>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -35,27 +35,24 @@ impl Server {
         extra: &[String],
     ) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
-        let database = match backend {
+        let stores = match backend {
             Backend::Sqlite => None,
-            Backend::Postgres | Backend::Redis => Some(TestDatabase::create().await),
+            Backend::Postgres => Some(SharedStores::postgres().await),
+            Backend::Redis => Some(SharedStores::redis().await),
         };
-        let redis = match backend {
-            Backend::Redis => Some(TestRedis::create().await),
-            Backend::Sqlite | Backend::Postgres => None,
-        };
-        let mut urls = Vec::new();
-        if let Some(database) = &database {
-            urls.push(format!("--database-url={}", database.url()));
-            let queue = redis.as_ref().map_or(database.url(), |redis| redis.url());
-            urls.push(format!("--queue-url={queue}"));
-        }
+        let urls = stores.iter().flat_map(|stores| {
+            [
+                format!("--database-url={}", stores.database_url()),
+                format!("--queue-url={}", stores.queue_url()),
+            ]
+        });
         let port = free_port()?;
         let started = Instant::now();
         let child = Command::new(binary)
             .current_dir(workdir)
             .args(["--addr", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(data.path())
-            .args(&urls)
+            .args(urls)
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -74,7 +71,7 @@ impl Server {
                     base,
                     cold_start,
                     _data: data,
-                    _stores: (database, redis),
+                    _stores: stores,
                 });
             }
             tokio::time::sleep(Duration::from_millis(2)).await;

@@ -2,13 +2,16 @@
 //! tied together by [`Engine`]. This crate knows nothing of HTTP, sessions or Leptos: the web
 //! layer hands it an [`Owner`] and plain values, and gets plain values back.
 
+mod db;
 pub mod files;
 pub mod hub;
 pub mod kinds;
+mod lifecycle;
 pub mod model;
 pub mod queue;
 pub mod registry;
 mod relay;
+mod supervisor;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod worker;
@@ -18,14 +21,13 @@ pub use hub::{Hub, JobEvent, Shared, Topic};
 pub use kinds::{
     FormFields, InvalidInput, JobError, JobKind, Kinds, RetryPolicy, SubmitContext, form_delay,
 };
+pub use lifecycle::CancelOutcome;
 pub use model::{Job, JobId, JobState, LogLine, Owner, now_ms};
 pub use queue::{Queue, QueueError, QueuedJob};
 pub use registry::{JobFilter, Registry, RegistryError};
 pub use worker::JobContext;
 
-use apalis::prelude::*;
 use serde_json::Value;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -87,17 +89,6 @@ pub enum EngineError {
     Unshared,
 }
 
-/// What a cancel request did.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CancelOutcome {
-    /// The job had not started; it is cancelled and will never run.
-    Cancelled(Box<Job>),
-    /// The job is running; its handler has been signalled and will end it as cancelled.
-    Requested,
-    /// The job had already ended in this state.
-    AlreadyFinished(JobState),
-}
-
 /// Why a submission made no job.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -149,35 +140,6 @@ pub enum Params {
 #[derive(Debug, Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
-}
-
-/// Runs an apalis monitor with one worker on `$storage` (woken by the queue's wake-ups) until
-/// `$shutdown` resolves. A macro, not a function: each storage is its own type, and the bounds
-/// apalis puts on a worker's backend are long.
-macro_rules! run_monitor {
-    ($engine:expr, $storage:expr, $shutdown:expr) => {{
-        let storage = $storage.clone();
-        let engine = $engine.clone();
-        let name = $engine.node().to_owned();
-        let concurrency = $engine.inner.config.concurrency;
-        Monitor::new()
-            .register(move |_restarts| {
-                let wake_ups = engine.queue().wake_ups();
-                WorkerBuilder::new(name.clone())
-                    .backend(storage.clone().poll_with_stream(wake_ups))
-                    .data(engine.clone())
-                    .concurrency(concurrency)
-                    .parallelize(tokio::spawn)
-                    .build(run_queued_job)
-            })
-            .shutdown_timeout($engine.inner.config.shutdown_grace)
-            .run_with_signal(async move {
-                $shutdown.await;
-                Ok(())
-            })
-            .await
-            .map_err(|e| EngineError::Worker(e.to_string()))
-    }};
 }
 
 /// An engine handle that does not keep it open (for background tasks that should end with it).
@@ -362,72 +324,6 @@ impl Engine {
         })
     }
 
-    /// Starts a new job with the kind and parameters of `owner`'s failed or cancelled job `id`,
-    /// linked to it. `None` when there is no such job; `Err(state)` when it did not fail.
-    pub async fn retry(
-        &self,
-        owner: &Owner,
-        id: JobId,
-    ) -> Result<Option<Result<JobId, JobState>>, SubmitError> {
-        let Some(original) = self.job(owner, id).await? else {
-            return Ok(None);
-        };
-        if !matches!(original.state, JobState::Failed | JobState::Cancelled) {
-            return Ok(Some(Err(original.state)));
-        }
-        let mut job = Job::new(
-            owner.clone(),
-            &original.kind,
-            original.params,
-            self.kinds().policy(&original.kind).max_attempts,
-        );
-        job.retry_of = Some(id);
-        Ok(Some(Ok(self.enqueue(job).await?.id)))
-    }
-
-    /// Puts back in the queue the running jobs whose worker process died, counting the lost
-    /// attempt, so they run again (at-least-once). A worker counts as dead once it has not
-    /// beaten since `stale_before` (unix ms); on a single node every other worker is dead.
-    /// Returns how many jobs.
-    async fn recover_orphans(&self, stale_before: i64, why: &str) -> Result<usize, EngineError> {
-        let orphans = self.registry().orphaned(self.node(), stale_before).await?;
-        for job in &orphans {
-            self.requeue_now(job.id, job.delivery, why).await?;
-        }
-        Ok(orphans.len())
-    }
-
-    /// Puts job `id`, running `delivery`, back in the queue at once with `why` as its last error.
-    async fn requeue_now(&self, id: JobId, delivery: i64, why: &str) -> Result<(), EngineError> {
-        let requeued = self
-            .registry()
-            .requeue(id, delivery, None, Some(why))
-            .await?;
-        if let Some(queued) = requeued {
-            self.queue().push(id, queued.delivery, None).await?;
-            self.hub().job_changed(queued);
-        }
-        Ok(())
-    }
-
-    /// Deletes every job that finished more than `age` ago, with its files and its records in
-    /// the queue. Returns how many jobs.
-    pub async fn purge_finished(&self, age: Duration) -> Result<usize, EngineError> {
-        let cutoff = model::now_ms() - age.as_millis() as i64;
-        self.queue().purge_finished(cutoff).await?;
-        let mut purged = 0;
-        loop {
-            let expired = self.registry().expired(cutoff, 500).await?;
-            if expired.is_empty() {
-                return Ok(purged);
-            }
-            for job in &expired {
-                self.delete(&job.owner, job.id).await?;
-            }
-            purged += expired.len();
-        }
-    }
-
     /// `owner`'s job `id`, or `None` if it does not exist or belongs to someone else.
     pub async fn job(&self, owner: &Owner, id: JobId) -> Result<Option<Job>, EngineError> {
         Ok(self.registry().get_owned(owner, id).await?)
@@ -461,146 +357,9 @@ impl Engine {
         Ok(self.registry().list(filter, before, limit).await?)
     }
 
-    /// Cancels `owner`'s job `id`: at once if it has not started, by signalling its handler if it
-    /// runs. `None` when there is no such job for `owner`.
-    pub async fn cancel(
-        &self,
-        owner: &Owner,
-        id: JobId,
-    ) -> Result<Option<CancelOutcome>, EngineError> {
-        let Some(job) = self.job(owner, id).await? else {
-            return Ok(None);
-        };
-        if job.state.is_terminal() {
-            return Ok(Some(CancelOutcome::AlreadyFinished(job.state)));
-        }
-        if let Some(cancelled) = self.registry().cancel_queued(id).await? {
-            self.hub().job_changed(cancelled.clone());
-            return Ok(Some(CancelOutcome::Cancelled(Box::new(cancelled))));
-        }
-        // It started in the meantime (or was running already): signal its handler, here or in
-        // the process that runs it.
-        if !self.running().cancel(id) {
-            self.hub().relay(relay::Outgoing::Cancel(id));
-        }
-        match self.job(owner, id).await? {
-            Some(job) if job.state.is_terminal() && job.state != JobState::Cancelled => {
-                Ok(Some(CancelOutcome::AlreadyFinished(job.state)))
-            }
-            _ => Ok(Some(CancelOutcome::Requested)),
-        }
-    }
-
-    /// Deletes `owner`'s finished job `id` with its log, its output files and its upload.
-    /// Returns the job's state when it is not finished (nothing is deleted), `None` when there is
-    /// no such job.
-    pub async fn delete(
-        &self,
-        owner: &Owner,
-        id: JobId,
-    ) -> Result<Option<Result<(), JobState>>, EngineError> {
-        let Some(job) = self.job(owner, id).await? else {
-            return Ok(None);
-        };
-        if !job.state.is_terminal() {
-            return Ok(Some(Err(job.state)));
-        }
-        self.registry().delete(id).await?;
-        self.files().delete_job(id)?;
-        if let Some(upload) = job
-            .params
-            .get("upload")
-            .and_then(|u| u.as_str()?.parse().ok())
-        {
-            self.files().delete_upload(upload)?;
-        }
-        Ok(Some(Ok(())))
-    }
-
     /// Watches a job or an owner's jobs. Subscribe before reading a snapshot so no change is
     /// missed in between.
     pub fn subscribe(&self, topic: Topic) -> broadcast::Receiver<JobEvent> {
         self.hub().subscribe(topic)
     }
-
-    /// Runs this process's workers until `shutdown` resolves, then lets running jobs finish
-    /// within the configured grace period and puts back in the queue the ones that did not.
-    pub async fn run_workers(
-        &self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), EngineError> {
-        self.registry().beat(self.node()).await?;
-        // On one node, a job left running can only be a crash's: recover it at once. Where
-        // processes share the jobs, only those of a worker that stopped beating.
-        let stale_before = if self.is_shared() {
-            now_ms() - ORPHANED_AFTER.as_millis() as i64
-        } else {
-            i64::MAX
-        };
-        let why = "the worker running it stopped";
-        let recovered = self.recover_orphans(stale_before, why).await?;
-        if recovered > 0 {
-            tracing::warn!(
-                recovered,
-                "requeued jobs whose worker stopped while they ran"
-            );
-        }
-        let beating = tokio::spawn(self.clone().beat_and_recover());
-        let result = match self.queue().storage() {
-            queue::Storage::Sqlite(storage) => run_monitor!(self, storage, shutdown),
-            queue::Storage::Postgres(storage) => run_monitor!(self, storage, shutdown),
-            queue::Storage::Redis(storage) => run_monitor!(self, storage, shutdown),
-        };
-        beating.abort();
-        // Jobs still running past the grace period go back to the queue for the next start or
-        // another worker; the attempt they were on counts.
-        for (id, delivery) in self.running().jobs() {
-            self.requeue_now(id, delivery, "the worker stopped before the job finished")
-                .await?;
-        }
-        self.registry().forget_workers(self.node(), 0).await?;
-        result
-    }
-
-    /// Tells the other workers this one is alive and, where processes share the jobs, takes
-    /// back the jobs of workers that stopped beating. Runs until aborted.
-    async fn beat_and_recover(self) {
-        let mut every = tokio::time::interval(queue::HEARTBEAT);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            every.tick().await;
-            if let Err(err) = self.registry().beat(self.node()).await {
-                tracing::error!(%err, "could not record this worker's heartbeat");
-                continue;
-            }
-            if !self.is_shared() {
-                continue;
-            }
-            let stale_before = now_ms() - ORPHANED_AFTER.as_millis() as i64;
-            match self
-                .recover_orphans(stale_before, "its worker stopped")
-                .await
-            {
-                Ok(0) => {}
-                Ok(recovered) => tracing::warn!(recovered, "requeued jobs of a stopped worker"),
-                Err(err) => tracing::error!(%err, "could not recover a stopped worker's jobs"),
-            }
-            if let Err(err) = self.registry().forget_workers("", stale_before).await {
-                tracing::error!(%err, "could not forget stopped workers");
-            }
-        }
-    }
-}
-
-/// A worker that has not beaten for this long is taken for dead and its jobs run elsewhere.
-const ORPHANED_AFTER: Duration = Duration::from_secs(15);
-
-/// The apalis handler: runs the job whose id came off the queue. Storage errors go back to
-/// apalis so the task is not acknowledged as done.
-async fn run_queued_job(task: QueuedJob, engine: Data<Engine>) -> Result<(), BoxDynError> {
-    let id = task.job_id;
-    worker::execute(&engine, task).await.map_err(|err| {
-        tracing::error!(job_id = %id, %err, "could not run job");
-        Box::new(err) as BoxDynError
-    })
 }

@@ -54,31 +54,38 @@ impl TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let name = self.name.clone();
-        // Drop may run inside a runtime or during a panic: drop the database from a thread of
-        // its own, with a runtime of its own.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|err| err.to_string())?;
-            runtime.block_on(async move {
-                let mut conn = PgConnection::connect(&admin_url())
-                    .await
-                    .map_err(|err| err.to_string())?;
-                sqlx::query(AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut conn)
+        let dropped = on_own_runtime(async move {
+            let mut conn = PgConnection::connect(&admin_url())
                 .await
                 .map_err(|err| err.to_string())?;
-                Ok::<_, String>(())
-            })
-        })
-        .join();
-        if let Ok(Err(err)) | Err(err) = dropped.map_err(|_| "panicked".to_owned()) {
+            sqlx::query(AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut conn)
+            .await
+            .map_err(|err| err.to_string())?;
+            Ok(())
+        });
+        if let Err(err) = dropped {
             eprintln!("could not drop test database {}: {err}", self.name);
         }
     }
+}
+
+/// Runs `work` to its end on a thread and runtime of its own: `Drop` may run inside a runtime,
+/// or while a test panics, where blocking on the current one is not allowed.
+fn on_own_runtime(
+    work: impl std::future::Future<Output = Result<(), String>> + Send + 'static,
+) -> Result<(), String> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|err| err.to_string())?
+            .block_on(work)
+    })
+    .join()
+    .unwrap_or_else(|_| Err("the cleanup thread panicked".to_owned()))
 }
 
 /// The Redis server tests use; override with `ERRAND_TEST_REDIS`.
@@ -131,35 +138,66 @@ impl TestRedis {
 impl Drop for TestRedis {
     fn drop(&mut self) {
         let pattern = format!("{}:*", self.prefix);
-        let cleaned = std::thread::spawn(move || -> Result<(), String> {
+        let cleaned = on_own_runtime(async move {
             let client = redis::Client::open(redis_url()).map_err(|err| err.to_string())?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
                 .map_err(|err| err.to_string())?;
-            runtime.block_on(async move {
-                let mut conn = client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|err| err.to_string())?;
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(&pattern)
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query_async(&mut conn)
+                .await
+                .map_err(|err| err.to_string())?;
+            if !keys.is_empty() {
+                let _: () = redis::cmd("DEL")
+                    .arg(&keys)
                     .query_async(&mut conn)
                     .await
                     .map_err(|err| err.to_string())?;
-                if !keys.is_empty() {
-                    let _: () = redis::cmd("DEL")
-                        .arg(&keys)
-                        .query_async(&mut conn)
-                        .await
-                        .map_err(|err| err.to_string())?;
-                }
-                Ok(())
-            })
-        })
-        .join();
-        if let Ok(Err(err)) | Err(err) = cleaned.map_err(|_| "panicked".to_owned()) {
+            }
+            Ok(())
+        });
+        if let Err(err) = cleaned {
             eprintln!("could not delete test keys {}:*: {err}", self.prefix);
         }
+    }
+}
+
+/// Where processes sharing jobs keep them in a test: a fresh Postgres database for the registry
+/// and, for a Redis queue, a fresh key prefix; otherwise the queue is in the database too.
+#[derive(Debug)]
+pub struct SharedStores {
+    database: TestDatabase,
+    redis: Option<TestRedis>,
+}
+
+impl SharedStores {
+    /// Registry and queue on Postgres.
+    pub async fn postgres() -> Self {
+        Self {
+            database: TestDatabase::create().await,
+            redis: None,
+        }
+    }
+
+    /// Registry on Postgres, queue on Redis.
+    pub async fn redis() -> Self {
+        Self {
+            database: TestDatabase::create().await,
+            redis: Some(TestRedis::create().await),
+        }
+    }
+
+    /// The registry's URL.
+    pub fn database_url(&self) -> &str {
+        self.database.url()
+    }
+
+    /// The queue's URL.
+    pub fn queue_url(&self) -> &str {
+        self.redis
+            .as_ref()
+            .map_or(self.database.url(), |redis| redis.url())
     }
 }

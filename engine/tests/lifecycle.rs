@@ -4,7 +4,7 @@
 //! and a Postgres database of the test's own (a missing server fails the tests).
 //! A test-only kind, `flaky`, fails on purpose in the ways a real handler can.
 
-use errand_engine::testing::{TestDatabase, TestRedis};
+use errand_engine::testing::SharedStores;
 use errand_engine::{
     CancelOutcome, Engine, EngineConfig, FormFields, InvalidInput, Job, JobContext, JobError,
     JobEvent, JobKind, JobState, Kinds, Owner, Params, RetryPolicy, SubmitContext, SubmitOptions,
@@ -63,6 +63,7 @@ conformance!(
     a_page_on_any_process_sees_live_progress,
     a_dead_workers_jobs_run_again_within_30_s,
     a_backlog_of_20_000_jobs_drains_completely,
+    shutdown_lets_running_jobs_finish_in_the_grace_period_and_requeues_the_rest,
 );
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -129,37 +130,27 @@ enum Backend {
 /// removed afterwards.
 struct Store {
     dir: tempfile::TempDir,
-    database: Option<TestDatabase>,
-    redis: Option<TestRedis>,
+    shared: Option<SharedStores>,
 }
 
 impl Store {
     async fn new(backend: Backend) -> Self {
-        let database = match backend {
+        let shared = match backend {
             Backend::Sqlite => None,
-            Backend::Postgres | Backend::Redis => Some(TestDatabase::create().await),
-        };
-        let redis = match backend {
-            Backend::Redis => Some(TestRedis::create().await),
-            Backend::Sqlite | Backend::Postgres => None,
+            Backend::Postgres => Some(SharedStores::postgres().await),
+            Backend::Redis => Some(SharedStores::redis().await),
         };
         Self {
             dir: tempfile::tempdir().expect("temp dir"),
-            database,
-            redis,
+            shared,
         }
     }
 
     fn config(&self) -> EngineConfig {
-        let database = self.database.as_ref().map(|db| db.url().to_owned());
-        let queue = match &self.redis {
-            Some(redis) => Some(redis.url().to_owned()),
-            None => database.clone(),
-        };
         EngineConfig {
             shutdown_grace: Duration::from_secs(5),
-            database_url: database,
-            queue_url: queue,
+            database_url: self.shared.as_ref().map(|s| s.database_url().to_owned()),
+            queue_url: self.shared.as_ref().map(|s| s.queue_url().to_owned()),
             ..EngineConfig::new(self.dir.path())
         }
     }
@@ -269,6 +260,8 @@ async fn finished(engine: &Engine, id: errand_engine::JobId) -> Job {
 
 async fn a_retryable_failure_is_retried_with_backoff_until_it_succeeds(backend: Backend) {
     let app = running(backend).await;
+    // The retry waits only 50–200 ms: watch the changes rather than poll for that window.
+    let mut changes = app.engine.subscribe(Topic::Owner(owner()));
     let id = submit(
         &app.engine,
         "flaky",
@@ -276,10 +269,19 @@ async fn a_retryable_failure_is_retried_with_backoff_until_it_succeeds(backend: 
         SubmitOptions::default(),
     )
     .await;
-    let retrying = wait_until(&app.engine, id, Duration::from_secs(5), |j| {
-        j.state == JobState::Queued && j.attempts == 1
-    })
-    .await;
+    let retrying = loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), changes.recv())
+            .await
+            .expect("the job changes within 5 s")
+            .expect("the watch stays open");
+        if let JobEvent::Changed(job) = event
+            && job.id == id
+            && job.state == JobState::Queued
+            && job.attempts == 1
+        {
+            break (*job).clone();
+        }
+    };
     assert_eq!(
         retrying.error.as_deref(),
         Some("flaky failure 1"),
@@ -827,6 +829,85 @@ async fn a_backlog_of_20_000_jobs_drains_completely(backend: Backend) {
         engine.registry().count(&filter).await.expect("count") as usize,
         JOBS
     );
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), workers).await;
+}
+
+async fn shutdown_lets_running_jobs_finish_in_the_grace_period_and_requeues_the_rest(
+    backend: Backend,
+) {
+    let store = Store::new(backend).await;
+    let config = EngineConfig {
+        shutdown_grace: Duration::from_secs(3),
+        ..store.config()
+    };
+    let engine = Engine::open_with_kinds(config, Kinds::builtin(&[]))
+        .await
+        .expect("engine opens");
+    let (stop, workers) = start_workers(&engine);
+    let short = submit(
+        &engine,
+        "sleep",
+        json!({ "ms": 1_000, "steps": 10 }),
+        SubmitOptions::default(),
+    )
+    .await;
+    let long = submit(
+        &engine,
+        "sleep",
+        json!({ "ms": 8_000, "steps": 8 }),
+        SubmitOptions::default(),
+    )
+    .await;
+    for id in [short, long] {
+        wait_until(&engine, id, Duration::from_secs(5), |j| {
+            j.state != JobState::Queued
+        })
+        .await;
+    }
+    let _ = stop.send(());
+    let stopped = tokio::time::timeout(Duration::from_secs(10), workers).await;
+    assert!(stopped.is_ok(), "the workers stop after the grace period");
+
+    let done = engine
+        .job(&owner(), short)
+        .await
+        .expect("read")
+        .expect("job");
+    assert_eq!(
+        (done.state, done.attempts),
+        (JobState::Succeeded, 1),
+        "finished in the grace period"
+    );
+    let back = engine
+        .job(&owner(), long)
+        .await
+        .expect("read")
+        .expect("job");
+    assert_eq!(
+        back.state,
+        JobState::Queued,
+        "returned to the queue: {back:?}"
+    );
+
+    // The next start runs it; nothing else runs twice.
+    let engine = open(&store).await;
+    let (stop, workers) = start_workers(&engine);
+    let job = wait_until(&engine, long, Duration::from_secs(20), |j| {
+        j.state.is_terminal()
+    })
+    .await;
+    assert_eq!(
+        (job.state, job.attempts),
+        (JobState::Succeeded, 2),
+        "{job:?}"
+    );
+    let done = engine
+        .job(&owner(), short)
+        .await
+        .expect("read")
+        .expect("job");
+    assert_eq!(done.attempts, 1, "the finished job did not run again");
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), workers).await;
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::Client;
-use errand_engine::testing::{TestDatabase, TestRedis};
+use errand_engine::testing::SharedStores;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -66,42 +66,15 @@ fn spawn(args: &[&str], data_dir: &Path, more: &[&str]) -> Child {
         .expect("errand starts")
 }
 
-/// Where web and worker processes share their jobs: a fresh Postgres database for the
-/// registry, and for the queue the same database or a fresh Redis key prefix.
-struct Shared {
-    database: TestDatabase,
-    redis: Option<TestRedis>,
-}
-
-impl Shared {
-    async fn postgres() -> Self {
-        Self {
-            database: TestDatabase::create().await,
-            redis: None,
-        }
-    }
-
-    async fn redis() -> Self {
-        Self {
-            database: TestDatabase::create().await,
-            redis: Some(TestRedis::create().await),
-        }
-    }
-
-    /// The arguments for a process of `role`.
-    fn args<'a>(&'a self, role: &'a str) -> [&'a str; 5] {
-        let queue = self
-            .redis
-            .as_ref()
-            .map_or(self.database.url(), |redis| redis.url());
-        [
-            role,
-            "--database-url",
-            self.database.url(),
-            "--queue-url",
-            queue,
-        ]
-    }
+/// The arguments for a process of `role` sharing `stores`.
+fn shared<'a>(stores: &'a SharedStores, role: &'a str) -> [&'a str; 5] {
+    [
+        role,
+        "--database-url",
+        stores.database_url(),
+        "--queue-url",
+        stores.queue_url(),
+    ]
 }
 
 fn browser() -> reqwest::Client {
@@ -214,21 +187,21 @@ async fn a_restart_with_a_thousand_queued_jobs_loses_none() {
 
 #[tokio::test]
 async fn on_postgres_a_web_process_shows_live_progress_of_a_job_a_worker_process_runs() {
-    live_progress_across_processes(Shared::postgres().await).await;
+    live_progress_across_processes(SharedStores::postgres().await).await;
 }
 
 #[tokio::test]
 async fn on_redis_a_web_process_shows_live_progress_of_a_job_a_worker_process_runs() {
-    live_progress_across_processes(Shared::redis().await).await;
+    live_progress_across_processes(SharedStores::redis().await).await;
 }
 
-async fn live_progress_across_processes(shared: Shared) {
+async fn live_progress_across_processes(stores: SharedStores) {
     let (web_dir, worker_dir) = (
         tempfile::tempdir().expect("dir"),
         tempfile::tempdir().expect("dir"),
     );
-    let web = start_with(&shared.args("web"), web_dir.path(), browser()).await;
-    let mut worker = spawn(&shared.args("worker"), worker_dir.path(), &[]);
+    let web = start_with(&shared(&stores, "web"), web_dir.path(), browser()).await;
+    let mut worker = spawn(&shared(&stores, "worker"), worker_dir.path(), &[]);
 
     let id = web.client.sleep_job(600, 6).await;
     let events = web
@@ -267,18 +240,18 @@ async fn live_progress_across_processes(shared: Shared) {
 
 #[tokio::test]
 async fn on_postgres_a_job_of_a_killed_worker_process_runs_on_another_within_30_s() {
-    killed_worker_recovery(Shared::postgres().await).await;
+    killed_worker_recovery(SharedStores::postgres().await).await;
 }
 
 #[tokio::test]
 async fn on_redis_a_job_of_a_killed_worker_process_runs_on_another_within_30_s() {
-    killed_worker_recovery(Shared::redis().await).await;
+    killed_worker_recovery(SharedStores::redis().await).await;
 }
 
-async fn killed_worker_recovery(shared: Shared) {
+async fn killed_worker_recovery(stores: SharedStores) {
     let dirs = [(); 3].map(|()| tempfile::tempdir().expect("dir"));
-    let web = start_with(&shared.args("web"), dirs[0].path(), browser()).await;
-    let mut first = spawn(&shared.args("worker"), dirs[1].path(), &[]);
+    let web = start_with(&shared(&stores, "web"), dirs[0].path(), browser()).await;
+    let mut first = spawn(&shared(&stores, "worker"), dirs[1].path(), &[]);
     let id = web.client.sleep_job(3_000, 30).await;
     web.client
         .wait_for_state(&id, &["running"], Duration::from_secs(10))
@@ -286,7 +259,7 @@ async fn killed_worker_recovery(shared: Shared) {
     first.kill().expect("SIGKILL");
     first.wait().expect("reaped");
 
-    let mut second = spawn(&shared.args("worker"), dirs[2].path(), &[]);
+    let mut second = spawn(&shared(&stores, "worker"), dirs[2].path(), &[]);
     let job = web
         .client
         .wait_for_state(&id, &["succeeded", "failed"], Duration::from_secs(35))

@@ -9,6 +9,7 @@
 //! other processes with LISTEN/NOTIFY, and a short tick backs both up — it also starts scheduled
 //! jobs and retries, which nothing announces at their time.
 
+use crate::db;
 use crate::model::JobId;
 use apalis::prelude::*;
 use apalis_core::backend::persistence::Persistence;
@@ -17,7 +18,7 @@ use futures::StreamExt;
 use redis_queue::{RedisQueue, RedisQueueError};
 use serde::{Deserialize, Serialize};
 use sqlite_queue::{SqliteQueue, SqliteQueueError};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::SqliteConnectOptions;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -108,14 +109,9 @@ impl Queue {
     /// Opens the queue at `url`: `sqlite://…` or `postgres://…` (and runs apalis's migrations),
     /// or `redis://…` (keys under `errand:`, or `?prefix=name`).
     pub async fn connect(url: &str) -> Result<Self, QueueError> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect(url)
-                .await?;
-            Self::open_postgres(pool).await
-        } else if url.starts_with("sqlite:") {
+        if db::is_postgres(url) {
+            Self::open_postgres(db::postgres(url).await?).await
+        } else if db::is_sqlite(url) {
             Self::open_sqlite(SqliteConnectOptions::from_str(url)?).await
         } else if url.starts_with("redis://") || url.starts_with("rediss://") {
             let queue = RedisQueue::connect(url).await?;
@@ -132,16 +128,7 @@ impl Queue {
     }
 
     async fn open_sqlite(options: SqliteConnectOptions) -> Result<Self, QueueError> {
-        let options = options
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
-            .pragma("temp_store", "memory");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
+        let pool = db::sqlite(options).await?;
         let queue = SqliteQueue::open(pool).await?;
         // One process owns the file: no other worker's heartbeat to watch.
         let heartbeat = Duration::from_secs(30);

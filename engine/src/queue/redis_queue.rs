@@ -19,11 +19,10 @@
 //! Every script moves a bounded number of ids per call, one command per id, never `unpack`.
 //! A finished task's entry is deleted at once, so the queue holds only live work.
 
+use super::storage::fetched;
 use crate::model::now_ms;
 use apalis_core::backend::persistence::{Persistence, TaskEvent};
 use apalis_core::task::Task;
-use apalis_core::task::builder::TaskBuilder;
-use apalis_core::task::task_id::TaskId;
 use apalis_core::worker::context::WorkerContext;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -283,12 +282,8 @@ impl Persistence for RedisQueue {
             .await?;
         flat.chunks_exact(2)
             .map(|pair| {
-                let id = String::from_utf8_lossy(&pair[0]);
-                let ulid = ulid::Ulid::from_string(&id)
-                    .map_err(|_| RedisQueueError::TaskId(id.clone().into_owned()))?;
-                Ok(TaskBuilder::new(pair[1].clone())
-                    .task_id(TaskId::from_ulid(ulid))
-                    .build())
+                fetched(&String::from_utf8_lossy(&pair[0]), pair[1].clone())
+                    .map_err(RedisQueueError::TaskId)
             })
             .collect()
     }

@@ -11,10 +11,10 @@
 //! One process owns the file: at start a worker takes back whatever a previous process had
 //! fetched and not finished.
 
+use super::storage::fetched;
 use crate::model::now_ms;
 use apalis_core::backend::persistence::{Persistence, TaskEvent};
 use apalis_core::task::Task;
-use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::task_id::TaskId;
 use apalis_core::worker::context::WorkerContext;
 use serde_json::Value;
@@ -160,13 +160,7 @@ impl Persistence for SqliteQueue {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(id, args)| {
-                let ulid =
-                    ulid::Ulid::from_string(&id).map_err(|_| SqliteQueueError::TaskId(id))?;
-                Ok(TaskBuilder::new(args)
-                    .task_id(TaskId::from_ulid(ulid))
-                    .build())
-            })
+            .map(|(id, args)| fetched(&id, args).map_err(SqliteQueueError::TaskId))
             .collect()
     }
 

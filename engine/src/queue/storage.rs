@@ -6,11 +6,22 @@ use apalis_codec::json::JsonCodec;
 use apalis_core::backend::persistence::{Persisted, Persistence, TaskPersistLayer};
 use apalis_core::backend::{Backend, BackendConfig, WireFormatBackend, finalize::Durable};
 use apalis_core::task::Task;
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::task::task_id::TaskId;
 use apalis_core::worker::context::WorkerContext;
 use serde_json::Value;
 use std::marker::PhantomData;
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+/// A task as a fetch hands it to apalis: its id as stored and its arguments. A stored id that is
+/// not a ULID comes back as the error.
+pub(crate) fn fetched(id: &str, args: Vec<u8>) -> Result<Task<Vec<u8>>, String> {
+    let ulid = ulid::Ulid::from_string(id).map_err(|_| id.to_owned())?;
+    Ok(TaskBuilder::new(args)
+        .task_id(TaskId::from_ulid(ulid))
+        .build())
+}
 
 /// A worker's backend over persistence `P`, handing out tasks whose arguments decode to `Args`.
 pub(crate) struct PersistedStorage<P: Persistence, Args> {

@@ -5,14 +5,14 @@
 //! Every statement is written once, with `$n` placeholders both databases accept, and runs on
 //! whichever the registry was opened on (see [`on_db!`]).
 
-use crate::model::{Job, JobId, JobState, LOG_LINES_KEPT, LogLine, Owner, now_ms};
+use crate::db;
+use crate::model::{Job, JobId, JobState, Owner, now_ms};
 use serde_json::Value;
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ColumnIndex, Decode, Row, SqlitePool, Type};
+use sqlx::SqlitePool;
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::SqliteConnectOptions;
 use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
 
 /// A failure of the registry's storage. Its text is for logs, never for a client.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +70,20 @@ macro_rules! filter_where {
     };
 }
 
+/// Binds a filter's parameters ($1 … $6) to a query, of either database.
+macro_rules! bind_filter {
+    ($query:expr, $filter:expr, $before:expr) => {{
+        let [owner, state, kind, cursor] = filter_strings($filter, $before);
+        $query
+            .bind(owner)
+            .bind(state)
+            .bind(kind)
+            .bind($filter.created_from)
+            .bind($filter.created_before)
+            .bind(cursor)
+    }};
+}
+
 /// The job registry, on SQLite or Postgres.
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -101,6 +115,12 @@ macro_rules! job_columns {
     };
 }
 
+mod logs;
+mod rows;
+mod workers;
+
+use rows::job_from_row;
+
 impl Registry {
     /// Opens (creating if needed) the registry file and runs its embedded migrations.
     pub async fn open(path: &Path) -> Result<Self, RegistryError> {
@@ -109,17 +129,13 @@ impl Registry {
 
     /// Opens the registry at `url`, `sqlite://…` or `postgres://…`, and runs its migrations.
     pub async fn connect(url: &str) -> Result<Self, RegistryError> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = PgPoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect(url)
-                .await?;
+        if db::is_postgres(url) {
+            let pool = db::postgres(url).await?;
             sqlx::migrate!("./migrations/postgres").run(&pool).await?;
             Ok(Self {
                 db: Db::Postgres(pool),
             })
-        } else if url.starts_with("sqlite:") {
+        } else if db::is_sqlite(url) {
             Self::open_sqlite(SqliteConnectOptions::from_str(url)?).await
         } else {
             Err(RegistryError::Url(url.to_owned()))
@@ -127,16 +143,7 @@ impl Registry {
     }
 
     async fn open_sqlite(options: SqliteConnectOptions) -> Result<Self, RegistryError> {
-        let options = options
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
-            .pragma("temp_store", "memory");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
+        let pool = db::sqlite(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Self {
             db: Db::Sqlite(pool),
@@ -228,14 +235,7 @@ impl Registry {
     pub async fn count(&self, filter: &JobFilter) -> Result<u64, RegistryError> {
         let sql = concat!("SELECT COUNT(*) FROM jobs", filter_where!());
         let count: i64 = on_db!(self, pool => {
-            let [owner, state, kind, cursor] = filter_strings(filter, None);
-            sqlx::query_scalar(sql)
-                .bind(owner)
-                .bind(state)
-                .bind(kind)
-                .bind(filter.created_from)
-                .bind(filter.created_before)
-                .bind(cursor)
+            bind_filter!(sqlx::query_scalar(sql), filter, None)
                 .fetch_one(pool)
                 .await?
         });
@@ -257,14 +257,7 @@ impl Registry {
             " ORDER BY id DESC LIMIT $7"
         );
         on_db!(self, pool => {
-            let [owner, state, kind, cursor] = filter_strings(filter, before);
-            let rows = sqlx::query(sql)
-                .bind(owner)
-                .bind(state)
-                .bind(kind)
-                .bind(filter.created_from)
-                .bind(filter.created_before)
-                .bind(cursor)
+            let rows = bind_filter!(sqlx::query(sql), filter, before)
                 .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await?;
@@ -323,49 +316,6 @@ impl Registry {
                 .fetch_optional(pool)
                 .await?;
             row.map(|row| job_from_row(&row)).transpose()
-        })
-    }
-
-    /// Records that worker process `worker` is alive now.
-    pub async fn beat(&self, worker: &str) -> Result<(), RegistryError> {
-        let sql = "INSERT INTO workers (name, last_seen) VALUES ($1, $2) \
-                   ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen";
-        on_db!(self, pool => {
-            sqlx::query(sql).bind(worker).bind(now_ms()).execute(pool).await?;
-        });
-        Ok(())
-    }
-
-    /// Forgets a worker process that stopped cleanly, and any not seen since `stale_before`.
-    pub async fn forget_workers(
-        &self,
-        worker: &str,
-        stale_before: i64,
-    ) -> Result<(), RegistryError> {
-        let sql = "DELETE FROM workers WHERE name = $1 OR last_seen < $2";
-        on_db!(self, pool => {
-            sqlx::query(sql).bind(worker).bind(stale_before).execute(pool).await?;
-        });
-        Ok(())
-    }
-
-    /// Running jobs whose worker process is not `alive` and has not been seen since
-    /// `stale_before` (unix ms), or was never recorded: their worker died.
-    pub async fn orphaned(
-        &self,
-        alive: &str,
-        stale_before: i64,
-    ) -> Result<Vec<Job>, RegistryError> {
-        let sql = concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE state = 'running' AND (worker IS NULL OR worker <> $1) \
-             AND NOT EXISTS (SELECT 1 FROM workers WHERE workers.name = jobs.worker \
-             AND workers.last_seen >= $2)"
-        );
-        on_db!(self, pool => {
-            let rows = sqlx::query(sql).bind(alive).bind(stale_before).fetch_all(pool).await?;
-            rows.iter().map(job_from_row).collect()
         })
     }
 
@@ -467,64 +417,6 @@ impl Registry {
             row.map(|row| job_from_row(&row)).transpose()
         })
     }
-
-    /// The sequence number of a job's newest log line (0 when it has none).
-    pub async fn last_log_seq(&self, id: JobId) -> Result<i64, RegistryError> {
-        let sql = "SELECT MAX(seq) FROM job_logs WHERE job_id = $1";
-        let seq: Option<i64> = on_db!(self, pool => sqlx::query_scalar(sql)
-            .bind(id.to_string())
-            .fetch_one(pool)
-            .await?);
-        Ok(seq.unwrap_or(0))
-    }
-
-    /// Appends a log line and drops lines older than the newest [`LOG_LINES_KEPT`].
-    pub async fn append_log(&self, id: JobId, line: &LogLine) -> Result<(), RegistryError> {
-        let id = id.to_string();
-        on_db!(self, pool => {
-            sqlx::query(
-                "INSERT INTO job_logs (job_id, seq, at, line) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (job_id, seq) DO UPDATE SET at = excluded.at, line = excluded.line",
-            )
-            .bind(&id)
-            .bind(line.seq)
-            .bind(line.at)
-            .bind(&line.line)
-            .execute(pool)
-            .await?;
-            if line.seq > LOG_LINES_KEPT {
-                sqlx::query("DELETE FROM job_logs WHERE job_id = $1 AND seq <= $2")
-                    .bind(&id)
-                    .bind(line.seq - LOG_LINES_KEPT)
-                    .execute(pool)
-                    .await?;
-            }
-        });
-        Ok(())
-    }
-
-    /// A job's kept log lines, oldest first.
-    pub async fn logs(&self, id: JobId) -> Result<Vec<LogLine>, RegistryError> {
-        let sql = "SELECT seq, at, line FROM job_logs WHERE job_id = $1 ORDER BY seq DESC LIMIT $2";
-        let mut lines = on_db!(self, pool => {
-            let rows = sqlx::query(sql)
-                .bind(id.to_string())
-                .bind(LOG_LINES_KEPT)
-                .fetch_all(pool)
-                .await?;
-            rows.iter()
-                .map(|row| {
-                    Ok(LogLine {
-                        seq: row.try_get("seq")?,
-                        at: row.try_get("at")?,
-                        line: row.try_get("line")?,
-                    })
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()?
-        });
-        lines.reverse();
-        Ok(lines)
-    }
 }
 
 /// A cursor above every ULID: Crockford base32 'Z' sorts after every ULID character.
@@ -540,52 +432,4 @@ fn filter_strings(filter: &JobFilter, before: Option<JobId>) -> [Option<String>;
         filter.kind.clone(),
         Some(before.map_or_else(no_cursor, |id| id.to_string())),
     ]
-}
-
-/// Reads a job from a row of either database.
-fn job_from_row<R>(row: &R) -> Result<Job, RegistryError>
-where
-    R: Row,
-    for<'a> &'a str: ColumnIndex<R>,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> f64: Decode<'r, R::Database> + Type<R::Database>,
-{
-    let corrupt =
-        |what: &str, err: &dyn std::fmt::Display| RegistryError::Corrupt(format!("{what}: {err}"));
-    let id: String = row.try_get("id")?;
-    let params: String = row.try_get("params")?;
-    let state: String = row.try_get("state")?;
-    let result: Option<String> = row.try_get("result")?;
-    Ok(Job {
-        id: JobId::from_str(&id).map_err(|e| corrupt("id", &e))?,
-        owner: Owner(row.try_get("owner")?),
-        kind: row.try_get("kind")?,
-        params: serde_json::from_str(&params).map_err(|e| corrupt("params", &e))?,
-        state: state.parse().map_err(|e| corrupt("state", &e))?,
-        progress: row.try_get("progress")?,
-        stage: row.try_get("stage")?,
-        result: result
-            .map(|text| serde_json::from_str(&text))
-            .transpose()
-            .map_err(|e| corrupt("result", &e))?,
-        error: row.try_get("error")?,
-        attempts: row
-            .try_get::<i64, _>("attempts")?
-            .try_into()
-            .unwrap_or(u32::MAX),
-        created_at: row.try_get("created_at")?,
-        started_at: row.try_get("started_at")?,
-        finished_at: row.try_get("finished_at")?,
-        max_attempts: row
-            .try_get::<i64, _>("max_attempts")?
-            .try_into()
-            .unwrap_or(1),
-        run_at: row.try_get("run_at")?,
-        delivery: row.try_get("delivery")?,
-        retry_of: row
-            .try_get::<Option<String>, _>("retry_of")?
-            .and_then(|id| JobId::from_str(&id).ok()),
-        idempotency_key: row.try_get("idempotency_key")?,
-    })
 }

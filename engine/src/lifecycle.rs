@@ -1,0 +1,116 @@
+//! What a person (or the retention task) does to existing jobs: cancel, retry by hand, delete,
+//! and purge the finished ones past their retention.
+
+use crate::model;
+use crate::{Engine, EngineError, Job, JobId, JobState, Owner, SubmitError, relay};
+use std::time::Duration;
+
+/// What a cancel request did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    /// The job had not started; it is cancelled and will never run.
+    Cancelled(Box<Job>),
+    /// The job is running; its handler has been signalled and will end it as cancelled.
+    Requested,
+    /// The job had already ended in this state.
+    AlreadyFinished(JobState),
+}
+
+impl Engine {
+    /// Starts a new job with the kind and parameters of `owner`'s failed or cancelled job `id`,
+    /// linked to it. `None` when there is no such job; `Err(state)` when it did not fail.
+    pub async fn retry(
+        &self,
+        owner: &Owner,
+        id: JobId,
+    ) -> Result<Option<Result<JobId, JobState>>, SubmitError> {
+        let Some(original) = self.job(owner, id).await? else {
+            return Ok(None);
+        };
+        if !matches!(original.state, JobState::Failed | JobState::Cancelled) {
+            return Ok(Some(Err(original.state)));
+        }
+        let mut job = Job::new(
+            owner.clone(),
+            &original.kind,
+            original.params,
+            self.kinds().policy(&original.kind).max_attempts,
+        );
+        job.retry_of = Some(id);
+        Ok(Some(Ok(self.enqueue(job).await?.id)))
+    }
+
+    /// Deletes every job that finished more than `age` ago, with its files and its records in
+    /// the queue. Returns how many jobs.
+    pub async fn purge_finished(&self, age: Duration) -> Result<usize, EngineError> {
+        let cutoff = model::now_ms() - age.as_millis() as i64;
+        self.queue().purge_finished(cutoff).await?;
+        let mut purged = 0;
+        loop {
+            let expired = self.registry().expired(cutoff, 500).await?;
+            if expired.is_empty() {
+                return Ok(purged);
+            }
+            for job in &expired {
+                self.delete(&job.owner, job.id).await?;
+            }
+            purged += expired.len();
+        }
+    }
+
+    /// Cancels `owner`'s job `id`: at once if it has not started, by signalling its handler if it
+    /// runs. `None` when there is no such job for `owner`.
+    pub async fn cancel(
+        &self,
+        owner: &Owner,
+        id: JobId,
+    ) -> Result<Option<CancelOutcome>, EngineError> {
+        let Some(job) = self.job(owner, id).await? else {
+            return Ok(None);
+        };
+        if job.state.is_terminal() {
+            return Ok(Some(CancelOutcome::AlreadyFinished(job.state)));
+        }
+        if let Some(cancelled) = self.registry().cancel_queued(id).await? {
+            self.hub().job_changed(cancelled.clone());
+            return Ok(Some(CancelOutcome::Cancelled(Box::new(cancelled))));
+        }
+        // It started in the meantime (or was running already): signal its handler, here or in
+        // the process that runs it.
+        if !self.running().cancel(id) {
+            self.hub().relay(relay::Outgoing::Cancel(id));
+        }
+        match self.job(owner, id).await? {
+            Some(job) if job.state.is_terminal() && job.state != JobState::Cancelled => {
+                Ok(Some(CancelOutcome::AlreadyFinished(job.state)))
+            }
+            _ => Ok(Some(CancelOutcome::Requested)),
+        }
+    }
+
+    /// Deletes `owner`'s finished job `id` with its log, its output files and its upload.
+    /// Returns the job's state when it is not finished (nothing is deleted), `None` when there is
+    /// no such job.
+    pub async fn delete(
+        &self,
+        owner: &Owner,
+        id: JobId,
+    ) -> Result<Option<Result<(), JobState>>, EngineError> {
+        let Some(job) = self.job(owner, id).await? else {
+            return Ok(None);
+        };
+        if !job.state.is_terminal() {
+            return Ok(Some(Err(job.state)));
+        }
+        self.registry().delete(id).await?;
+        self.files().delete_job(id)?;
+        if let Some(upload) = job
+            .params
+            .get("upload")
+            .and_then(|u| u.as_str()?.parse().ok())
+        {
+            self.files().delete_upload(upload)?;
+        }
+        Ok(Some(Ok(())))
+    }
+}

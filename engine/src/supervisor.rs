@@ -1,0 +1,147 @@
+//! Running this process's workers: the apalis monitor on whichever queue storage is configured,
+//! the heartbeat that tells other processes this one is alive, taking back the jobs of workers
+//! that died, and what a clean stop leaves behind.
+
+use crate::model::now_ms;
+use crate::queue::{self, QueuedJob};
+use crate::{Engine, EngineError, JobId, worker};
+use apalis::prelude::*;
+use std::future::Future;
+use std::time::Duration;
+
+/// A worker that has not beaten for this long is taken for dead and its jobs run elsewhere.
+const ORPHANED_AFTER: Duration = Duration::from_secs(15);
+
+/// Runs an apalis monitor with one worker on `$storage` (woken by the queue's wake-ups) until
+/// `$shutdown` resolves. A macro, not a function: each storage is its own type, and the bounds
+/// apalis puts on a worker's backend are long.
+macro_rules! run_monitor {
+    ($engine:expr, $storage:expr, $shutdown:expr) => {{
+        let storage = $storage.clone();
+        let engine = $engine.clone();
+        let name = $engine.node().to_owned();
+        let concurrency = $engine.inner.config.concurrency;
+        Monitor::new()
+            .register(move |_restarts| {
+                let wake_ups = engine.queue().wake_ups();
+                WorkerBuilder::new(name.clone())
+                    .backend(storage.clone().poll_with_stream(wake_ups))
+                    .data(engine.clone())
+                    .concurrency(concurrency)
+                    .parallelize(tokio::spawn)
+                    .build(run_queued_job)
+            })
+            .shutdown_timeout($engine.inner.config.shutdown_grace)
+            .run_with_signal(async move {
+                $shutdown.await;
+                Ok(())
+            })
+            .await
+            .map_err(|e| EngineError::Worker(e.to_string()))
+    }};
+}
+
+impl Engine {
+    /// Runs this process's workers until `shutdown` resolves, then lets running jobs finish
+    /// within the configured grace period and puts back in the queue the ones that did not.
+    pub async fn run_workers(
+        &self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), EngineError> {
+        self.registry().beat(self.node()).await?;
+        // On one node, a job left running can only be a crash's: recover it at once. Where
+        // processes share the jobs, only those of a worker that stopped beating.
+        let stale_before = if self.is_shared() {
+            now_ms() - ORPHANED_AFTER.as_millis() as i64
+        } else {
+            i64::MAX
+        };
+        let why = "the worker running it stopped";
+        let recovered = self.recover_orphans(stale_before, why).await?;
+        if recovered > 0 {
+            tracing::warn!(
+                recovered,
+                "requeued jobs whose worker stopped while they ran"
+            );
+        }
+        let beating = tokio::spawn(self.clone().beat_and_recover());
+        let result = match self.queue().storage() {
+            queue::Storage::Sqlite(storage) => run_monitor!(self, storage, shutdown),
+            queue::Storage::Postgres(storage) => run_monitor!(self, storage, shutdown),
+            queue::Storage::Redis(storage) => run_monitor!(self, storage, shutdown),
+        };
+        beating.abort();
+        // Jobs still running past the grace period go back to the queue for the next start or
+        // another worker; the attempt they were on counts.
+        for (id, delivery) in self.running().jobs() {
+            self.requeue_now(id, delivery, "the worker stopped before the job finished")
+                .await?;
+        }
+        self.registry().forget_workers(self.node(), 0).await?;
+        result
+    }
+
+    /// Tells the other workers this one is alive and, where processes share the jobs, takes
+    /// back the jobs of workers that stopped beating. Runs until aborted.
+    async fn beat_and_recover(self) {
+        let mut every = tokio::time::interval(queue::HEARTBEAT);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if let Err(err) = self.registry().beat(self.node()).await {
+                tracing::error!(%err, "could not record this worker's heartbeat");
+                continue;
+            }
+            if !self.is_shared() {
+                continue;
+            }
+            let stale_before = now_ms() - ORPHANED_AFTER.as_millis() as i64;
+            match self
+                .recover_orphans(stale_before, "its worker stopped")
+                .await
+            {
+                Ok(0) => {}
+                Ok(recovered) => tracing::warn!(recovered, "requeued jobs of a stopped worker"),
+                Err(err) => tracing::error!(%err, "could not recover a stopped worker's jobs"),
+            }
+            if let Err(err) = self.registry().forget_workers("", stale_before).await {
+                tracing::error!(%err, "could not forget stopped workers");
+            }
+        }
+    }
+
+    /// Puts back in the queue the running jobs whose worker process died, counting the lost
+    /// attempt, so they run again (at-least-once). A worker counts as dead once it has not
+    /// beaten since `stale_before` (unix ms); on a single node every other worker is dead.
+    /// Returns how many jobs.
+    async fn recover_orphans(&self, stale_before: i64, why: &str) -> Result<usize, EngineError> {
+        let orphans = self.registry().orphaned(self.node(), stale_before).await?;
+        for job in &orphans {
+            self.requeue_now(job.id, job.delivery, why).await?;
+        }
+        Ok(orphans.len())
+    }
+
+    /// Puts job `id`, running `delivery`, back in the queue at once with `why` as its last error.
+    async fn requeue_now(&self, id: JobId, delivery: i64, why: &str) -> Result<(), EngineError> {
+        let requeued = self
+            .registry()
+            .requeue(id, delivery, None, Some(why))
+            .await?;
+        if let Some(queued) = requeued {
+            self.queue().push(id, queued.delivery, None).await?;
+            self.hub().job_changed(queued);
+        }
+        Ok(())
+    }
+}
+
+/// The apalis handler: runs the job whose id came off the queue. Storage errors go back to
+/// apalis so the task is not acknowledged as done.
+async fn run_queued_job(task: QueuedJob, engine: Data<Engine>) -> Result<(), BoxDynError> {
+    let id = task.job_id;
+    worker::execute(&engine, task).await.map_err(|err| {
+        tracing::error!(job_id = %id, %err, "could not run job");
+        Box::new(err) as BoxDynError
+    })
+}

@@ -235,11 +235,7 @@ async fn wait_until(
 ) -> Job {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let job = engine
-            .job(&owner(), id)
-            .await
-            .expect("read")
-            .expect("job exists");
+        let job = job(engine, id).await;
         if done(&job) {
             return job;
         }
@@ -249,6 +245,15 @@ async fn wait_until(
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The job as the registry has it now.
+async fn job(engine: &Engine, id: errand_engine::JobId) -> Job {
+    engine
+        .job(&owner(), id)
+        .await
+        .expect("read")
+        .expect("job exists")
 }
 
 async fn finished(engine: &Engine, id: errand_engine::JobId) -> Job {
@@ -398,12 +403,7 @@ async fn a_delayed_job_starts_within_a_second_of_its_time(backend: Backend) {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    let early = app
-        .engine
-        .job(&owner(), id)
-        .await
-        .expect("read")
-        .expect("job");
+    let early = job(&app.engine, id).await;
     assert_eq!(early.state, JobState::Queued, "not before its time");
     let job = finished(&app.engine, id).await;
     let started = job.started_at.expect("started");
@@ -429,12 +429,7 @@ async fn a_cancelled_scheduled_job_never_starts(backend: Backend) {
         Some(errand_engine::CancelOutcome::Cancelled(_))
     ));
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let job = app
-        .engine
-        .job(&owner(), id)
-        .await
-        .expect("read")
-        .expect("job");
+    let job = job(&app.engine, id).await;
     assert_eq!(
         (job.state, job.attempts, job.started_at),
         (JobState::Cancelled, 0, None)
@@ -869,21 +864,13 @@ async fn shutdown_lets_running_jobs_finish_in_the_grace_period_and_requeues_the_
     let stopped = tokio::time::timeout(Duration::from_secs(10), workers).await;
     assert!(stopped.is_ok(), "the workers stop after the grace period");
 
-    let done = engine
-        .job(&owner(), short)
-        .await
-        .expect("read")
-        .expect("job");
+    let done = job(&engine, short).await;
     assert_eq!(
         (done.state, done.attempts),
         (JobState::Succeeded, 1),
         "finished in the grace period"
     );
-    let back = engine
-        .job(&owner(), long)
-        .await
-        .expect("read")
-        .expect("job");
+    let back = job(&engine, long).await;
     assert_eq!(
         back.state,
         JobState::Queued,
@@ -893,20 +880,16 @@ async fn shutdown_lets_running_jobs_finish_in_the_grace_period_and_requeues_the_
     // The next start runs it; nothing else runs twice.
     let engine = open(&store).await;
     let (stop, workers) = start_workers(&engine);
-    let job = wait_until(&engine, long, Duration::from_secs(20), |j| {
+    let rerun = wait_until(&engine, long, Duration::from_secs(20), |j| {
         j.state.is_terminal()
     })
     .await;
     assert_eq!(
-        (job.state, job.attempts),
+        (rerun.state, rerun.attempts),
         (JobState::Succeeded, 2),
-        "{job:?}"
+        "{rerun:?}"
     );
-    let done = engine
-        .job(&owner(), short)
-        .await
-        .expect("read")
-        .expect("job");
+    let done = job(&engine, short).await;
     assert_eq!(done.attempts, 1, "the finished job did not run again");
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), workers).await;

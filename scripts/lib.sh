@@ -76,11 +76,12 @@ ensure_chromium() {
 # Is something listening on 127.0.0.1:$1?
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Runs a command as root: directly when we are root, through sudo otherwise.
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
 apt_install() {
-  local sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "$@"
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
 }
 
 # The Postgres and Redis servers the backend tests use (127.0.0.1:5432 with trust auth for local
@@ -93,16 +94,16 @@ ensure_services() {
       local hba
       hba=$(ls /etc/postgresql/*/main/pg_hba.conf | head -n1)
       # Local test connections need no password, as on the project's machines.
-      sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
+      as_root sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
     fi
     log "starting PostgreSQL"
-    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+    as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
   fi
   if ! port_open 6379; then
     command -v redis-server >/dev/null || { log "installing Redis"; apt_install redis-server; }
     log "starting Redis"
-    mkdir -p /var/lib/redis /var/log/redis
-    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    as_root mkdir -p /var/lib/redis /var/log/redis
+    as_root redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
       --dir /var/lib/redis --logfile /var/log/redis/ci.log
   fi
   local i

@@ -4,7 +4,8 @@
 
 use crate::model::now_ms;
 use crate::queue::{self, QueuedJob};
-use crate::{Engine, EngineError, JobId, worker};
+use crate::registry::Outcome;
+use crate::{Engine, EngineError, Job, JobId, worker};
 use apalis::prelude::*;
 use std::future::Future;
 use std::time::Duration;
@@ -111,15 +112,40 @@ impl Engine {
     }
 
     /// Puts back in the queue the running jobs whose worker process died, counting the lost
-    /// attempt, so they run again (at-least-once). A worker counts as dead once it has not
-    /// beaten since `stale_before` (unix ms); on a single node every other worker is dead.
-    /// Returns how many jobs.
+    /// attempt, so they run again (at-least-once); a job that was on its last attempt fails
+    /// instead, so a job that kills its worker cannot take down one worker after another. A
+    /// worker counts as dead once it has not beaten since `stale_before` (unix ms); on a single
+    /// node every other worker is dead. Returns how many jobs.
     async fn recover_orphans(&self, stale_before: i64, why: &str) -> Result<usize, EngineError> {
         let orphans = self.registry().orphaned(self.node(), stale_before).await?;
         for job in &orphans {
-            self.requeue_now(job.id, job.delivery, why).await?;
+            let recovered = if job.attempts >= job.max_attempts {
+                let message = format!(
+                    "{why} during its last attempt ({} of {})",
+                    job.attempts, job.max_attempts
+                );
+                self.fail_now(job, message).await
+            } else {
+                self.requeue_now(job.id, job.delivery, why).await
+            };
+            // One job's storage error must not leave the others stranded.
+            if let Err(err) = recovered {
+                tracing::error!(job_id = %job.id, %err, "could not recover a job");
+            }
         }
         Ok(orphans.len())
+    }
+
+    /// Ends running `job` (that delivery of it) as failed with `message`.
+    async fn fail_now(&self, job: &Job, message: String) -> Result<(), EngineError> {
+        if let Some(failed) = self
+            .registry()
+            .finish(job, &Outcome::Failed(message))
+            .await?
+        {
+            self.hub().job_changed(failed);
+        }
+        Ok(())
     }
 
     /// Puts job `id`, running `delivery`, back in the queue at once with `why` as its last error.
@@ -136,12 +162,18 @@ impl Engine {
     }
 }
 
-/// The apalis handler: runs the job whose id came off the queue. Storage errors go back to
+/// The apalis handler: runs the job whose id came off the queue. A storage error puts the job
+/// back in the queue if it had started (else the queue offers the task again), and goes back to
 /// apalis so the task is not acknowledged as done.
 async fn run_queued_job(task: QueuedJob, engine: Data<Engine>) -> Result<(), BoxDynError> {
-    let id = task.job_id;
-    worker::execute(&engine, task).await.map_err(|err| {
-        tracing::error!(job_id = %id, %err, "could not run job");
-        Box::new(err) as BoxDynError
-    })
+    let (id, delivery) = (task.job_id, task.delivery);
+    let Err(err) = worker::execute(&engine, task).await else {
+        return Ok(());
+    };
+    tracing::error!(job_id = %id, %err, "could not run job");
+    let why = "a storage error interrupted the attempt";
+    if let Err(requeue) = engine.requeue_now(id, delivery, why).await {
+        tracing::error!(job_id = %id, err = %requeue, "could not put the job back in the queue");
+    }
+    Err(Box::new(err))
 }

@@ -194,7 +194,7 @@ pub(crate) async fn execute(engine: &Engine, task: QueuedJob) -> Result<(), Engi
         Ok(Ok(Err(JobError::Permanent(message)))) => Attempt::Permanent(message),
         Ok(Ok(Err(JobError::Retryable(message)))) => Attempt::Retryable(message),
     };
-    engine.running().finish(id);
+    engine.running().finish(id, job.delivery);
     let cancelled = ctx.is_cancelled();
     let mut last = ctx.snapshot();
 
@@ -271,11 +271,15 @@ impl Running {
             .collect()
     }
 
-    fn finish(&self, id: JobId) {
-        self.tokens
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
+    /// Forgets `delivery` of job `id`, unless a later delivery of it runs here now.
+    fn finish(&self, id: JobId, delivery: i64) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        if tokens
+            .get(&id)
+            .is_some_and(|(_, running)| *running == delivery)
+        {
+            tokens.remove(&id);
+        }
     }
 
     /// Signals the job to stop; false if this process is not running it.

@@ -64,6 +64,7 @@ conformance!(
     a_dead_workers_jobs_run_again_within_30_s,
     a_backlog_of_20_000_jobs_drains_completely,
     shutdown_lets_running_jobs_finish_in_the_grace_period_and_requeues_the_rest,
+    a_job_whose_worker_died_on_its_last_attempt_fails_instead_of_running_again,
 );
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -891,6 +892,45 @@ async fn shutdown_lets_running_jobs_finish_in_the_grace_period_and_requeues_the_
     );
     let done = job(&engine, short).await;
     assert_eq!(done.attempts, 1, "the finished job did not run again");
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), workers).await;
+}
+
+async fn a_job_whose_worker_died_on_its_last_attempt_fails_instead_of_running_again(
+    backend: Backend,
+) {
+    let store = Store::new(backend).await;
+    let engine = open(&store).await;
+    let id = submit(&engine, "flaky", json!({}), SubmitOptions::default()).await;
+    // Three attempts (the kind's maximum), each taken by a worker that died.
+    let registry = engine.registry();
+    for delivery in 1..=3 {
+        let started = registry
+            .start(id, delivery, "a-worker-that-died")
+            .await
+            .expect("start");
+        assert!(started.is_some(), "attempt {delivery} starts");
+        if delivery < 3 {
+            let requeued = registry
+                .requeue(id, delivery, None, Some("died"))
+                .await
+                .expect("requeue");
+            assert!(requeued.is_some());
+        }
+    }
+    let (stop, workers) = start_workers(&engine);
+    let failed = wait_until(&engine, id, Duration::from_secs(30), |j| {
+        j.state.is_terminal()
+    })
+    .await;
+    assert_eq!((failed.state, failed.attempts), (JobState::Failed, 3));
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("last attempt (3 of 3)")),
+        "{failed:?}"
+    );
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), workers).await;
 }

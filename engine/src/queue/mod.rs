@@ -204,8 +204,10 @@ impl Queue {
             run_at,
         })
         .task_id(TaskId::from(task_id))
-        // Errand records failures and retries itself; apalis must not re-run a job.
-        .max_attempts(1);
+        // Errand records a job's failures and retries itself; a handler only fails the task on a
+        // storage error, and apalis-postgres may then offer it again (a delivery that already
+        // ran is skipped). Errand's own storages offer such a task again after a second.
+        .max_attempts(5);
         if let Some(run_at) = run_at {
             task = task.run_at_timestamp((run_at.max(0) / 1000) as u64);
         }

@@ -19,7 +19,7 @@
 //! Every script moves a bounded number of ids per call, one command per id, never `unpack`.
 //! A finished task's entry is deleted at once, so the queue holds only live work.
 
-use super::storage::fetched;
+use super::storage::{RETRY_AFTER_ERROR, completed, fetched};
 use crate::model::now_ms;
 use apalis_core::backend::persistence::{Persistence, TaskEvent};
 use apalis_core::task::Task;
@@ -310,21 +310,23 @@ impl Persistence for RedisQueue {
         events: Vec<TaskEvent<Value>>,
         worker: &WorkerContext,
     ) -> Result<(), Self::Error> {
+        let (done, again) = completed(&events);
+        if done.is_empty() && again.is_empty() {
+            return Ok(());
+        }
         let inflight = self.keys.inflight(worker.name());
+        let retry_at = now_ms() + RETRY_AFTER_ERROR.as_millis() as i64;
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let mut any = false;
-        for event in &events {
-            if let TaskEvent::Complete(result) = event {
-                let id = result.task_id.to_string();
-                pipe.srem(&inflight, &id).ignore();
-                pipe.hdel(&self.keys.tasks, &id).ignore();
-                any = true;
-            }
+        for id in &done {
+            pipe.srem(&inflight, id).ignore();
+            pipe.hdel(&self.keys.tasks, id).ignore();
         }
-        if any {
-            let () = pipe.query_async(&mut self.conn).await?;
+        for id in &again {
+            pipe.srem(&inflight, id).ignore();
+            pipe.zadd(&self.keys.scheduled, id, retry_at).ignore();
         }
+        let () = pipe.query_async(&mut self.conn).await?;
         Ok(())
     }
 

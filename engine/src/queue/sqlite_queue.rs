@@ -11,11 +11,10 @@
 //! One process owns the file: at start a worker takes back whatever a previous process had
 //! fetched and not finished.
 
-use super::storage::fetched;
+use super::storage::{RETRY_AFTER_ERROR, completed, fetched};
 use crate::model::now_ms;
 use apalis_core::backend::persistence::{Persistence, TaskEvent};
 use apalis_core::task::Task;
-use apalis_core::task::task_id::TaskId;
 use apalis_core::worker::context::WorkerContext;
 use serde_json::Value;
 use sqlx::SqlitePool;
@@ -169,7 +168,11 @@ impl Persistence for SqliteQueue {
         tasks: Vec<Task<Vec<u8>>>,
         worker: &WorkerContext,
     ) -> Result<u64, Self::Error> {
-        let ids = ids_json(tasks.iter().filter_map(|task| task.task_id()));
+        let ids: Vec<String> = tasks
+            .iter()
+            .filter_map(|task| task.task_id().map(ToString::to_string))
+            .collect();
+        let ids = ids_json(&ids);
         let released = sqlx::query(
             "UPDATE errand_tasks SET worker = NULL \
              WHERE worker = $1 AND id IN (SELECT value FROM json_each($2))",
@@ -186,16 +189,22 @@ impl Persistence for SqliteQueue {
         events: Vec<TaskEvent<Value>>,
         _: &WorkerContext,
     ) -> Result<(), Self::Error> {
-        let finished = events.iter().filter_map(|event| match event {
-            TaskEvent::Complete(result) => Some(&result.task_id),
-            _ => None,
-        });
-        let ids = ids_json(finished);
-        if ids != "[]" {
+        let (done, again) = completed(&events);
+        if !done.is_empty() {
             sqlx::query("DELETE FROM errand_tasks WHERE id IN (SELECT value FROM json_each($1))")
-                .bind(ids)
+                .bind(ids_json(&done))
                 .execute(&self.pool)
                 .await?;
+        }
+        if !again.is_empty() {
+            sqlx::query(
+                "UPDATE errand_tasks SET worker = NULL, run_at = $2 \
+                 WHERE id IN (SELECT value FROM json_each($1))",
+            )
+            .bind(ids_json(&again))
+            .bind(now_ms() + RETRY_AFTER_ERROR.as_millis() as i64)
+            .execute(&self.pool)
+            .await?;
         }
         Ok(())
     }
@@ -224,7 +233,6 @@ impl Persistence for SqliteQueue {
 }
 
 /// Task ids as a JSON array, for `json_each`.
-fn ids_json<'a>(ids: impl Iterator<Item = &'a TaskId>) -> String {
-    let ids: Vec<String> = ids.map(ToString::to_string).collect();
-    serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned())
+fn ids_json(ids: &[String]) -> String {
+    serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_owned())
 }

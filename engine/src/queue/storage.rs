@@ -14,6 +14,32 @@ use std::marker::PhantomData;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+/// When the handler could not run a task (the registry was unreachable, say), the task is offered
+/// again after this long instead of being dropped: a job is never lost to a passing storage error.
+pub(crate) const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
+
+/// The ids of finished tasks in `events`: those the handler ran (to delete) and those it could
+/// not run (to offer again).
+pub(crate) fn completed(
+    events: &[apalis_core::backend::persistence::TaskEvent<Value>],
+) -> (Vec<String>, Vec<String>) {
+    let mut done = Vec::new();
+    let mut again = Vec::new();
+    for event in events {
+        if let apalis_core::backend::persistence::TaskEvent::Complete(result) = event {
+            let id = result.task_id.to_string();
+            match &result.result {
+                Ok(_) => done.push(id),
+                Err(err) => {
+                    tracing::warn!(task_id = %id, %err, "task not run; offering it again");
+                    again.push(id);
+                }
+            }
+        }
+    }
+    (done, again)
+}
+
 /// A task as a fetch hands it to apalis: its id as stored and its arguments. A stored id that is
 /// not a ULID comes back as the error.
 pub(crate) fn fetched(id: &str, args: Vec<u8>) -> Result<Task<Vec<u8>>, String> {
@@ -138,5 +164,42 @@ impl<P: Persistence, Args> WireFormatBackend for PersistedStorage<P, Args> {
 
     fn codec(&self) -> &Self::Codec {
         &self.codec
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apalis_core::backend::TaskResult;
+    use apalis_core::backend::persistence::TaskEvent;
+    use apalis_core::task::status::Status;
+    use apalis_core::task::task_id::TaskId;
+
+    fn complete(id: ulid::Ulid, result: Result<Value, String>) -> TaskEvent<Value> {
+        TaskEvent::Complete(TaskResult {
+            task_id: TaskId::from_ulid(id),
+            attempt: 1,
+            status: if result.is_ok() {
+                Status::Done
+            } else {
+                Status::Failed
+            },
+            result,
+        })
+    }
+
+    #[test]
+    fn a_task_the_handler_could_not_run_is_offered_again_not_dropped() {
+        let (ran, failed) = (ulid::Ulid::generate(), ulid::Ulid::generate());
+        let events = vec![
+            complete(ran, Ok(Value::Null)),
+            complete(failed, Err("registry unreachable".into())),
+            TaskEvent::Lock {
+                task_id: TaskId::from_ulid(ulid::Ulid::generate()),
+            },
+        ];
+        let (done, again) = completed(&events);
+        assert_eq!(done, [ran.to_string()]);
+        assert_eq!(again, [failed.to_string()]);
     }
 }

@@ -23,9 +23,16 @@ macro_rules! run_monitor {
         let name = $engine.node().to_owned();
         let concurrency = $engine.inner.config.concurrency;
         Monitor::new()
-            .register(move |_restarts| {
+            // A queue error (a lost connection, a busy database) ends an apalis worker; start a
+            // new one rather than leave this process without a worker. Each run gets its own
+            // name, so the queue hands the last run's unfinished tasks back.
+            .should_restart(|worker, error| {
+                tracing::warn!(worker = worker.name(), %error, "worker stopped; restarting it");
+                true
+            })
+            .register(move |restarts| {
                 let wake_ups = engine.queue().wake_ups();
-                WorkerBuilder::new(name.clone())
+                WorkerBuilder::new(format!("{name}-{restarts}"))
                     .backend(storage.clone().poll_with_stream(wake_ups))
                     .data(engine.clone())
                     .concurrency(concurrency)

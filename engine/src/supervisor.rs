@@ -8,10 +8,14 @@ use crate::registry::Outcome;
 use crate::{Engine, EngineError, Job, JobId, worker};
 use apalis::prelude::*;
 use std::future::Future;
-use std::time::Duration;
 
-/// A worker that has not beaten for this long is taken for dead and its jobs run elsewhere.
-const ORPHANED_AFTER: Duration = Duration::from_secs(15);
+/// The last error of a job whose worker died while it ran.
+const WORKER_STOPPED: &str = "the worker running it stopped";
+
+/// Workers not seen since this time (unix ms) are dead.
+fn stale_before() -> i64 {
+    now_ms() - queue::ORPHANED_AFTER.as_millis() as i64
+}
 
 /// Runs an apalis monitor with one worker on `$storage` (woken by the queue's wake-ups) until
 /// `$shutdown` resolves. A macro, not a function: each storage is its own type, and the bounds
@@ -60,12 +64,11 @@ impl Engine {
         // On one node, a job left running can only be a crash's: recover it at once. Where
         // processes share the jobs, only those of a worker that stopped beating.
         let stale_before = if self.is_shared() {
-            now_ms() - ORPHANED_AFTER.as_millis() as i64
+            stale_before()
         } else {
             i64::MAX
         };
-        let why = "the worker running it stopped";
-        let recovered = self.recover_orphans(stale_before, why).await?;
+        let recovered = self.recover_orphans(stale_before).await?;
         if recovered > 0 {
             tracing::warn!(
                 recovered,
@@ -103,11 +106,8 @@ impl Engine {
             if !self.is_shared() {
                 continue;
             }
-            let stale_before = now_ms() - ORPHANED_AFTER.as_millis() as i64;
-            match self
-                .recover_orphans(stale_before, "its worker stopped")
-                .await
-            {
+            let stale_before = stale_before();
+            match self.recover_orphans(stale_before).await {
                 Ok(0) => {}
                 Ok(recovered) => tracing::warn!(recovered, "requeued jobs of a stopped worker"),
                 Err(err) => tracing::error!(%err, "could not recover a stopped worker's jobs"),
@@ -123,17 +123,17 @@ impl Engine {
     /// instead, so a job that kills its worker cannot take down one worker after another. A
     /// worker counts as dead once it has not beaten since `stale_before` (unix ms); on a single
     /// node every other worker is dead. Returns how many jobs.
-    async fn recover_orphans(&self, stale_before: i64, why: &str) -> Result<usize, EngineError> {
+    async fn recover_orphans(&self, stale_before: i64) -> Result<usize, EngineError> {
         let orphans = self.registry().orphaned(self.node(), stale_before).await?;
         for job in &orphans {
             let recovered = if job.attempts >= job.max_attempts {
                 let message = format!(
-                    "{why} during its last attempt ({} of {})",
+                    "{WORKER_STOPPED} during its last attempt ({} of {})",
                     job.attempts, job.max_attempts
                 );
                 self.fail_now(job, message).await
             } else {
-                self.requeue_now(job.id, job.delivery, why).await
+                self.requeue_now(job.id, job.delivery, WORKER_STOPPED).await
             };
             // One job's storage error must not leave the others stranded.
             if let Err(err) = recovered {

@@ -53,8 +53,8 @@ impl Application {
             .context("could not open the job registry and queue")?;
         if config.role != Role::Serve && !(engine.is_shared() && engine.queue().is_shared()) {
             bail!(
-                "the {:?} role shares jobs with other processes through Postgres: \
-                 set --database-url and --queue-url to postgres://…",
+                "the {:?} role shares jobs with other processes: set --database-url to \
+                 postgres://… and --queue-url to postgres://… or redis://…",
                 config.role
             );
         }

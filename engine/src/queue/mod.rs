@@ -1,12 +1,12 @@
-//! The queue: apalis with its SQLite storage (the default, a file in the data dir) or its
-//! Postgres storage (shared by several processes). Only job ids travel through it; everything a
-//! person sees lives in the registry. The queue name is a fixed string, never apalis's default of
+//! The queue: apalis on Errand's own SQLite storage (the default, a file in the data dir),
+//! apalis-postgres, or Errand's own Redis storage (both shared by several processes). Only job
+//! ids travel through it; everything a person sees lives in the registry. The queue name is a fixed string, never apalis's default of
 //! the Rust type path, so renaming a type cannot orphan queued jobs.
 //!
 //! apalis 1.0's workers re-fetch only on their heartbeat unless something wakes them. Errand
 //! wakes them itself: every successful push in this process signals a [`Notify`] (after the
-//! insert is committed, so the fetch it triggers sees the row), Postgres announces inserts from
-//! other processes with LISTEN/NOTIFY, and a short tick backs both up — it also starts scheduled
+//! insert is committed, so the fetch it triggers sees the row), Postgres (LISTEN/NOTIFY) and Redis
+//! (pub/sub) announce pushes from other processes, and a short tick backs both up — it also starts scheduled
 //! jobs and retries, which nothing announces at their time.
 
 use crate::db;
@@ -43,6 +43,13 @@ pub const QUEUE_NAME: &str = "errand.jobs";
 
 /// How often a worker on a shared queue tells the others it is alive.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// How many heartbeats a worker may miss before the others take it for dead.
+const MISSED_HEARTBEATS: u32 = 3;
+
+/// A worker silent this long is dead: its jobs, and the tasks it had fetched, go to others.
+pub(crate) const ORPHANED_AFTER: Duration =
+    Duration::from_secs(HEARTBEAT.as_secs() * MISSED_HEARTBEATS as u64);
 
 /// What travels through apalis: the id of a job in the registry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,12 +122,10 @@ impl Queue {
             Self::open_sqlite(SqliteConnectOptions::from_str(url)?).await
         } else if url.starts_with("redis://") || url.starts_with("rediss://") {
             let queue = RedisQueue::connect(url).await?;
-            // Beat often enough that a live worker is never taken for dead.
-            let heartbeat = redis_queue::ORPHANED_AFTER / 3;
             Ok(Self::with(Storage::Redis(RedisStorage::new(
                 queue,
                 redis_queue::BATCH,
-                heartbeat,
+                HEARTBEAT,
             ))))
         } else {
             Err(QueueError::Url(url.to_owned()))
@@ -148,7 +153,7 @@ impl Queue {
         let config = apalis_postgres::Config::default()
             .queue(QUEUE_NAME)
             .heartbeat_interval(HEARTBEAT)
-            .missed_heartbeats(3);
+            .missed_heartbeats(MISSED_HEARTBEATS as usize);
         Ok(Self::with(Storage::Postgres(
             PostgresStorage::new(&pool).with_config(config),
         )))
@@ -158,15 +163,6 @@ impl Queue {
         Self {
             storage,
             wake: Arc::new(Notify::new()),
-        }
-    }
-
-    /// Which storage this is, for logs: "sqlite", "postgres" or "redis".
-    pub fn backend_name(&self) -> &'static str {
-        match self.storage {
-            Storage::Sqlite(_) => "sqlite",
-            Storage::Postgres(_) => "postgres",
-            Storage::Redis(_) => "redis",
         }
     }
 
@@ -253,21 +249,18 @@ impl Queue {
 
     /// How many task records the queue holds, finished ones included (for operators and tests).
     pub async fn task_count(&self) -> Result<u64, QueueError> {
-        let count: i64 = match &self.storage {
-            Storage::Sqlite(storage) => {
-                return Ok(storage.persistence().task_count().await?);
-            }
+        Ok(match &self.storage {
+            Storage::Sqlite(storage) => storage.persistence().task_count().await?,
+            Storage::Redis(storage) => storage.persistence().task_count().await?,
             Storage::Postgres(storage) => {
-                sqlx::query_scalar("SELECT COUNT(*) FROM apalis.jobs WHERE job_type = $1")
-                    .bind(QUEUE_NAME)
-                    .fetch_one(storage.pool())
-                    .await?
+                let count: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM apalis.jobs WHERE job_type = $1")
+                        .bind(QUEUE_NAME)
+                        .fetch_one(storage.pool())
+                        .await?;
+                count.max(0) as u64
             }
-            Storage::Redis(storage) => {
-                return Ok(storage.persistence().task_count().await?);
-            }
-        };
-        Ok(count.max(0) as u64)
+        })
     }
 
     /// The storage a worker consumes.

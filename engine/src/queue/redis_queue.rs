@@ -38,9 +38,6 @@ pub(crate) const BATCH: usize = 10;
 /// How many due scheduled tasks one fetch moves to the ready list.
 const PROMOTE: usize = 1_000;
 
-/// A worker whose heartbeat is this old is dead; its fetched tasks go back to the ready list.
-pub(crate) const ORPHANED_AFTER: Duration = Duration::from_secs(15);
-
 /// Moves due scheduled ids to the ready list, then hands up to ARGV[2] ready ids to a worker.
 /// KEYS: ready, scheduled, inflight, tasks. ARGV: now (ms), batch, promote limit.
 /// Returns id, arguments, id, arguments, …
@@ -250,7 +247,8 @@ impl Persistence for RedisQueue {
 
     async fn heartbeat(&mut self, worker: &WorkerContext) -> Result<(), Self::Error> {
         self.register(worker).await?;
-        let cutoff = now_ms() - ORPHANED_AFTER.as_millis() as i64;
+        // A dead worker's fetched tasks go back to the ready list.
+        let cutoff = now_ms() - super::ORPHANED_AFTER.as_millis() as i64;
         let moved: u64 = self
             .recover
             .key(&self.keys.workers)

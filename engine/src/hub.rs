@@ -11,8 +11,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use tokio::sync::{broadcast, mpsc};
 
-/// How many events a slow watcher may fall behind before it is told it lagged.
-const CHANNEL_CAPACITY: usize = 256;
+/// How many events a slow watcher of one job may fall behind before it is told it lagged (its
+/// event stream then sends a fresh snapshot). A channel allocates all its slots up front, and a
+/// server may have one open for each of 10,000 watched jobs, so this stays small.
+const JOB_CHANNEL_CAPACITY: usize = 32;
+/// The same for the watcher of all an owner's jobs (the job list), which has no way to catch
+/// up and sees the changes of many jobs at once.
+const OWNER_CHANNEL_CAPACITY: usize = 256;
 
 /// Something that happened to a job.
 #[derive(Debug, Clone)]
@@ -101,10 +106,16 @@ impl Hub {
     pub fn subscribe(&self, topic: Topic) -> broadcast::Receiver<JobEvent> {
         let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
         match topics.as_mut() {
-            Some(topics) => topics
-                .entry(topic)
-                .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
-                .subscribe(),
+            Some(topics) => {
+                let capacity = match topic {
+                    Topic::Job(_) => JOB_CHANNEL_CAPACITY,
+                    Topic::Owner(_) => OWNER_CHANNEL_CAPACITY,
+                };
+                topics
+                    .entry(topic)
+                    .or_insert_with(|| broadcast::channel(capacity).0)
+                    .subscribe()
+            }
             None => broadcast::channel(1).1,
         }
     }

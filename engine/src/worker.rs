@@ -176,7 +176,12 @@ pub(crate) async fn execute(engine: &Engine, task: QueuedJob) -> Result<(), Engi
     engine.hub().job_changed(job.clone());
 
     let policy = engine.kinds().policy(&job.kind);
-    let last_seq = registry.last_log_seq(id).await?;
+    // Only a handler writes log lines, so a first attempt starts an empty log.
+    let last_seq = if job.attempts > 1 {
+        registry.last_log_seq(id).await?
+    } else {
+        0
+    };
     let cancel = engine.running().start(id, job.delivery);
     let ctx = JobContext::new(engine.clone(), job.clone(), last_seq, cancel);
     let run =

@@ -8,11 +8,14 @@
 use crate::db;
 use crate::model::{Job, JobId, JobState, Owner, now_ms};
 use serde_json::Value;
-use sqlx::SqlitePool;
+// The batched statements are built at run time, but only from placeholders (`$n`), never data.
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AssertSqlSafe, SqlitePool};
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// A failure of the registry's storage. Its text is for logs, never for a client.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +28,8 @@ pub enum RegistryError {
     Corrupt(String),
     #[error("unsupported registry URL {0:?}: use sqlite://… or postgres://…")]
     Url(String),
+    #[error("the registry's writer task stopped")]
+    WriterStopped,
 }
 
 /// How a job ended, as recorded by [`Registry::finish`].
@@ -88,6 +93,36 @@ macro_rules! bind_filter {
 #[derive(Debug, Clone)]
 pub struct Registry {
     db: Db,
+    /// Inserts, starts and finishes, group-committed (see [`batch`]); `None` in the copy the batching
+    /// tasks themselves write through.
+    batches: Option<Arc<Batches>>,
+}
+
+#[derive(Debug)]
+struct Batches {
+    inserts: Batcher<Job, Option<Job>>,
+    starts: Batcher<Start, Option<Job>>,
+    finishes: Batcher<Finish, Option<Job>>,
+}
+
+/// A request to move a queued job to running, see [`Registry::start`].
+#[derive(Debug, Clone)]
+struct Start {
+    id: JobId,
+    delivery: i64,
+    worker: String,
+}
+
+/// A request to record how a job ended, see [`Registry::finish`].
+#[derive(Debug, Clone)]
+struct Finish {
+    id: JobId,
+    delivery: i64,
+    state: JobState,
+    result: Option<String>,
+    error: Option<String>,
+    progress: Option<f64>,
+    stage: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -115,10 +150,12 @@ macro_rules! job_columns {
     };
 }
 
+mod batch;
 mod logs;
 mod rows;
 mod workers;
 
+use batch::Batcher;
 use rows::job_from_row;
 
 impl Registry {
@@ -132,9 +169,7 @@ impl Registry {
         if db::is_postgres(url) {
             let pool = db::postgres(url).await?;
             sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-            Ok(Self {
-                db: Db::Postgres(pool),
-            })
+            Ok(Self::with_batches(Db::Postgres(pool)))
         } else if db::is_sqlite(url) {
             Self::open_sqlite(SqliteConnectOptions::from_str(url)?).await
         } else {
@@ -145,9 +180,36 @@ impl Registry {
     async fn open_sqlite(options: SqliteConnectOptions) -> Result<Self, RegistryError> {
         let pool = db::sqlite(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self {
-            db: Db::Sqlite(pool),
-        })
+        Ok(Self::with_batches(Db::Sqlite(pool)))
+    }
+
+    /// A registry on `db` whose starts and finishes go through batching tasks.
+    fn with_batches(db: Db) -> Self {
+        let direct = Self {
+            db: db.clone(),
+            batches: None,
+        };
+        let inserter = direct.clone();
+        let starter = direct.clone();
+        let finisher = direct;
+        let batches = Batches {
+            inserts: Batcher::spawn(move |batch| {
+                let registry = inserter.clone();
+                async move { registry.insert_all(batch).await }
+            }),
+            starts: Batcher::spawn(move |batch| {
+                let registry = starter.clone();
+                async move { registry.start_all(batch).await }
+            }),
+            finishes: Batcher::spawn(move |batch| {
+                let registry = finisher.clone();
+                async move { registry.finish_all(batch).await }
+            }),
+        };
+        Self {
+            db,
+            batches: Some(Arc::new(batches)),
+        }
     }
 
     /// The Postgres pool, when the registry is on Postgres (live events travel through it).
@@ -161,42 +223,64 @@ impl Registry {
     /// Records a new queued job. With an idempotency key the owner already used, nothing is
     /// inserted and the existing job is returned instead.
     pub async fn insert(&self, job: &Job) -> Result<Option<Job>, RegistryError> {
-        let inserted = on_db!(self, pool => sqlx::query(
-            "INSERT INTO jobs (id, owner, kind, params, state, attempts, created_at, max_attempts, \
-             run_at, delivery, retry_of, idempotency_key) \
-             VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8, $9, $10, $11) \
-             ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
-        )
-        .bind(job.id.to_string())
-        .bind(&job.owner.0)
-        .bind(&job.kind)
-        .bind(job.params.to_string())
-        .bind(job.state.as_str())
-        .bind(job.created_at)
-        .bind(i64::from(job.max_attempts))
-        .bind(job.run_at)
-        .bind(job.delivery)
-        .bind(job.retry_of.map(|id| id.to_string()))
-        .bind(job.idempotency_key.as_deref())
-        .execute(pool)
-        .await?
-        .rows_affected());
-        if inserted == 1 {
-            return Ok(None);
+        match &self.batches {
+            Some(batches) => batches.inserts.run(job.clone()).await,
+            None => Ok(self.insert_all(vec![job.clone()]).await?.pop().flatten()),
         }
-        let sql = concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE owner = $1 AND idempotency_key = $2"
+    }
+
+    /// [`Self::insert`] for many jobs in one statement; answers in order.
+    async fn insert_all(&self, jobs: Vec<Job>) -> Result<Vec<Option<Job>>, RegistryError> {
+        let sql = format!(
+            "INSERT INTO jobs (id, owner, kind, params, state, attempts, created_at, \
+             max_attempts, run_at, delivery, retry_of, idempotency_key) VALUES {} \
+             ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+             RETURNING id",
+            batch::values(jobs.len(), 12, 1)
         );
-        on_db!(self, pool => {
-            let row = sqlx::query(sql)
-                .bind(&job.owner.0)
-                .bind(job.idempotency_key.as_deref())
-                .fetch_one(pool)
-                .await?;
-            job_from_row(&row).map(Some)
-        })
+        let inserted: Vec<String> = on_db!(self, pool => {
+            let mut query = sqlx::query_scalar(AssertSqlSafe(sql.as_str()));
+            for job in &jobs {
+                query = query
+                    .bind(job.id.to_string())
+                    .bind(&job.owner.0)
+                    .bind(&job.kind)
+                    .bind(job.params.to_string())
+                    .bind(job.state.as_str())
+                    .bind(0_i64)
+                    .bind(job.created_at)
+                    .bind(i64::from(job.max_attempts))
+                    .bind(job.run_at)
+                    .bind(job.delivery)
+                    .bind(job.retry_of.map(|id| id.to_string()))
+                    .bind(job.idempotency_key.as_deref());
+            }
+            query.fetch_all(pool).await?
+        });
+        let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+        let mut answers = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            if inserted.contains(&job.id.to_string()) {
+                answers.push(None);
+                continue;
+            }
+            // The owner used this idempotency key before (or earlier in this batch).
+            let sql = concat!(
+                "SELECT ",
+                job_columns!(),
+                " FROM jobs WHERE owner = $1 AND idempotency_key = $2"
+            );
+            let existing = on_db!(self, pool => {
+                let row = sqlx::query(sql)
+                    .bind(&job.owner.0)
+                    .bind(job.idempotency_key.as_deref())
+                    .fetch_one(pool)
+                    .await?;
+                job_from_row(&row)?
+            });
+            answers.push(Some(existing));
+        }
+        Ok(answers)
     }
 
     /// Removes a job and its log.
@@ -274,22 +358,49 @@ impl Registry {
         delivery: i64,
         worker: &str,
     ) -> Result<Option<Job>, RegistryError> {
-        let sql = concat!(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = $1, \
-             progress = NULL, stage = NULL, run_at = NULL, worker = $2 \
-             WHERE id = $3 AND delivery = $4 AND state = 'queued' RETURNING ",
-            job_columns!()
-        );
-        on_db!(self, pool => {
-            let row = sqlx::query(sql)
-                .bind(now_ms())
-                .bind(worker)
-                .bind(id.to_string())
-                .bind(delivery)
-                .fetch_optional(pool)
-                .await?;
-            row.map(|row| job_from_row(&row)).transpose()
-        })
+        let request = Start {
+            id,
+            delivery,
+            worker: worker.to_owned(),
+        };
+        match &self.batches {
+            Some(batches) => batches.starts.run(request).await,
+            None => Ok(self.start_all(vec![request]).await?.pop().flatten()),
+        }
+    }
+
+    /// [`Self::start`] for many jobs in one statement per worker name; answers in order.
+    async fn start_all(&self, requests: Vec<Start>) -> Result<Vec<Option<Job>>, RegistryError> {
+        let now = now_ms();
+        let mut started = HashMap::new();
+        let mut workers: Vec<&str> = requests.iter().map(|r| r.worker.as_str()).collect();
+        workers.sort_unstable();
+        workers.dedup();
+        for worker in workers {
+            let batch: Vec<&Start> = requests.iter().filter(|r| r.worker == worker).collect();
+            let sql = format!(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = $1, \
+                 progress = NULL, stage = NULL, run_at = NULL, worker = $2 \
+                 FROM (VALUES {}) AS t \
+                 WHERE jobs.id = t.column1 AND jobs.delivery = t.column2 AND jobs.state = 'queued' \
+                 RETURNING {}",
+                batch::values(batch.len(), 2, 3),
+                job_columns!()
+            );
+            let jobs: Vec<Job> = on_db!(self, pool => {
+                let mut query = sqlx::query(AssertSqlSafe(sql.as_str())).bind(now).bind(worker);
+                for request in &batch {
+                    query = query.bind(request.id.to_string()).bind(request.delivery);
+                }
+                let rows = query.fetch_all(pool).await?;
+                rows.iter().map(job_from_row).collect::<Result<_, _>>()?
+            });
+            started.extend(jobs.into_iter().map(|job| ((job.id, job.delivery), job)));
+        }
+        Ok(requests
+            .iter()
+            .map(|r| started.remove(&(r.id, r.delivery)))
+            .collect())
     }
 
     /// Puts a job running its `delivery` back in the queue for another attempt at `run_at`,
@@ -393,29 +504,58 @@ impl Registry {
     pub async fn finish(&self, job: &Job, outcome: &Outcome) -> Result<Option<Job>, RegistryError> {
         let (state, result, error) = match outcome {
             Outcome::Succeeded(value) => (JobState::Succeeded, Some(value.to_string()), None),
-            Outcome::Failed(message) => (JobState::Failed, None, Some(message.as_str())),
-            Outcome::Cancelled => (JobState::Cancelled, None, Some("cancelled")),
+            Outcome::Failed(message) => (JobState::Failed, None, Some(message.clone())),
+            Outcome::Cancelled => (JobState::Cancelled, None, Some("cancelled".to_owned())),
         };
-        let sql = concat!(
-            "UPDATE jobs SET state = $1, result = $2, error = $3, progress = $4, stage = $5, \
-             finished_at = $6, worker = NULL \
-             WHERE id = $7 AND delivery = $8 AND state = 'running' RETURNING ",
+        let request = Finish {
+            id: job.id,
+            delivery: job.delivery,
+            state,
+            result,
+            error,
+            progress: job.progress,
+            stage: job.stage.clone(),
+        };
+        match &self.batches {
+            Some(batches) => batches.finishes.run(request).await,
+            None => Ok(self.finish_all(vec![request]).await?.pop().flatten()),
+        }
+    }
+
+    /// [`Self::finish`] for many jobs in one statement; answers in order.
+    async fn finish_all(&self, requests: Vec<Finish>) -> Result<Vec<Option<Job>>, RegistryError> {
+        let sql = format!(
+            "UPDATE jobs SET state = t.column3, result = t.column4, error = t.column5, \
+             progress = t.column6, stage = t.column7, finished_at = $1, worker = NULL \
+             FROM (VALUES {}) AS t \
+             WHERE jobs.id = t.column1 AND jobs.delivery = t.column2 AND jobs.state = 'running' \
+             RETURNING {}",
+            batch::values(requests.len(), 7, 2),
             job_columns!()
         );
-        on_db!(self, pool => {
-            let row = sqlx::query(sql)
-                .bind(state.as_str())
-                .bind(result.as_deref())
-                .bind(error)
-                .bind(job.progress)
-                .bind(job.stage.as_deref())
-                .bind(now_ms())
-                .bind(job.id.to_string())
-                .bind(job.delivery)
-                .fetch_optional(pool)
-                .await?;
-            row.map(|row| job_from_row(&row)).transpose()
-        })
+        let jobs: Vec<Job> = on_db!(self, pool => {
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str())).bind(now_ms());
+            for request in &requests {
+                query = query
+                    .bind(request.id.to_string())
+                    .bind(request.delivery)
+                    .bind(request.state.as_str())
+                    .bind(request.result.as_deref())
+                    .bind(request.error.as_deref())
+                    .bind(request.progress)
+                    .bind(request.stage.as_deref());
+            }
+            let rows = query.fetch_all(pool).await?;
+            rows.iter().map(job_from_row).collect::<Result<_, _>>()?
+        });
+        let mut finished: HashMap<_, _> = jobs
+            .into_iter()
+            .map(|job| ((job.id, job.delivery), job))
+            .collect();
+        Ok(requests
+            .iter()
+            .map(|r| finished.remove(&(r.id, r.delivery)))
+            .collect())
     }
 }
 

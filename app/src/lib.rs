@@ -10,14 +10,15 @@ pub mod server;
 pub mod wire;
 
 use leptos::prelude::*;
-use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
+use leptos_meta::{MetaTags, Title, provide_meta_context};
 use leptos_router::components::{A, Route, Router, Routes};
 use leptos_router::{SsrMode, path};
 
 pub use not_found::NotFound;
 
-/// The HTML document around the app, rendered by the server.
-pub fn shell(options: LeptosOptions) -> impl IntoView {
+/// The HTML document around the app, rendered by the server; `stylesheet` is the address of
+/// this build's CSS (its name carries a hash).
+pub fn shell(options: LeptosOptions, stylesheet: std::sync::Arc<str>) -> impl IntoView {
     view! {
         <!DOCTYPE html>
         <html lang="en">
@@ -26,6 +27,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <meta name="viewport" content="width=device-width, initial-scale=1"/>
                 <meta name="color-scheme" content="light dark"/>
                 <link rel="icon" href="data:,"/>
+                <link rel="stylesheet" id="leptos" href=stylesheet.to_string()/>
                 <HydrationScripts options/>
                 <MetaTags/>
             </head>
@@ -47,7 +49,6 @@ pub fn App() -> impl IntoView {
     });
 
     view! {
-        <Stylesheet id="leptos" href="/pkg/errand.css"/>
         <Title text="Errand"/>
         <Router>
             <header class="top">

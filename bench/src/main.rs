@@ -1,6 +1,6 @@
 //! `errand-bench`: measures a built errand binary from outside, the way its users reach it, and
 //! prints a table (and JSON). It builds nothing: build the release binary first
-//! (`cargo leptos build --release`). Every scenario starts a fresh server on a free local port
+//! (`cargo leptos build --release --precompress`). Every scenario starts a fresh server on a free local port
 //! with a fresh data dir, and checks that every job and event it waited for arrived.
 
 mod client;

@@ -280,7 +280,7 @@ pub(crate) async fn page_weight(cx: &Context) -> anyhow::Result<Row> {
     let mut headline = Vec::new();
     for (name, path) in [("/", "/".to_owned()), ("/jobs/{id}", format!("/jobs/{id}"))] {
         let html = fetch(&api, &path, "identity").await?;
-        let text = String::from_utf8_lossy(&html.1).into_owned();
+        let text = String::from_utf8_lossy(&html.body).into_owned();
         let mut assets: Vec<String> = text
             .match_indices("/pkg/")
             .filter_map(|(at, _)| {
@@ -292,14 +292,31 @@ pub(crate) async fn page_weight(cx: &Context) -> anyhow::Result<Row> {
             .collect();
         assets.sort();
         assets.dedup();
-        let (mut raw, mut compressed) = (html.0, fetch(&api, &path, "br").await?.0);
-        let mut files = vec![json!({ "path": path, "bytes": html.0 })];
+        ensure!(!assets.is_empty(), "{path} links no /pkg/ assets");
+        let (mut raw, mut compressed) = (html.bytes, fetch(&api, &path, "br").await?.bytes);
+        let mut files = vec![json!({ "path": path, "bytes": html.bytes })];
         for asset in &assets {
-            let (plain, _) = fetch(&api, asset, "identity").await?;
-            let (br, _) = fetch(&api, asset, "br").await?;
-            raw += plain;
-            compressed += br;
-            files.push(json!({ "path": asset, "bytes": plain, "brotli_bytes": br }));
+            let plain = fetch(&api, asset, "identity").await?;
+            let br = fetch(&api, asset, "br").await?;
+            // The targets ask for compressed assets with hashed names, cached for long.
+            ensure!(
+                br.content_encoding.as_deref() == Some("br"),
+                "{asset} was not served with brotli"
+            );
+            let cache = br.cache_control.unwrap_or_default();
+            ensure!(
+                cache.contains("immutable"),
+                "{asset} is not cached as immutable (Cache-Control: {cache:?}); was the build \
+                 made by cargo leptos with hash-files?"
+            );
+            raw += plain.bytes;
+            compressed += br.bytes;
+            files.push(json!({
+                "path": asset,
+                "bytes": plain.bytes,
+                "brotli_bytes": br.bytes,
+                "cache_control": cache,
+            }));
         }
         headline.push(format!(
             "{name} {:.0} KB br ({:.0} KB raw)",
@@ -315,8 +332,17 @@ pub(crate) async fn page_weight(cx: &Context) -> anyhow::Result<Row> {
     Ok(Row::new("page weight".into(), Value::Object(pages)).headline(headline.join("; ")))
 }
 
-/// Downloads `path` with the given Accept-Encoding; returns the bytes on the wire and the body.
-async fn fetch(api: &Api, path: &str, encoding: &str) -> anyhow::Result<(usize, Vec<u8>)> {
+/// What one download put on the wire.
+struct Download {
+    /// Bytes of the body as sent (compressed when `content_encoding` says so).
+    bytes: usize,
+    body: Vec<u8>,
+    content_encoding: Option<String>,
+    cache_control: Option<String>,
+}
+
+/// Downloads `path` with the given Accept-Encoding.
+async fn fetch(api: &Api, path: &str, encoding: &str) -> anyhow::Result<Download> {
     // reqwest decompresses only when its own features are on; ours are off, so this is the
     // size on the wire.
     let response = api
@@ -330,6 +356,20 @@ async fn fetch(api: &Api, path: &str, encoding: &str) -> anyhow::Result<(usize, 
         "GET {path} answered {}",
         response.status()
     );
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
+    let content_encoding = header(reqwest::header::CONTENT_ENCODING);
+    let cache_control = header(reqwest::header::CACHE_CONTROL);
     let body = response.bytes().await?.to_vec();
-    Ok((body.len(), body))
+    Ok(Download {
+        bytes: body.len(),
+        body,
+        content_encoding,
+        cache_control,
+    })
 }

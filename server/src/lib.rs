@@ -3,6 +3,7 @@
 //! tests do the same on a free port.
 
 pub mod api;
+mod assets;
 mod config;
 pub mod session;
 mod state;
@@ -12,7 +13,9 @@ pub use config::{Config, Role};
 pub use state::AppState;
 
 use anyhow::{Context, bail};
+use assets::Assets;
 use axum::Router;
+use axum::serve::ListenerExt;
 use errand_app::{App, shell};
 use errand_engine::{Engine, EngineConfig};
 use leptos::config::LeptosOptions;
@@ -20,6 +23,8 @@ use leptos::prelude::provide_context;
 use leptos_axum::{LeptosRoutes, generate_route_list};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tower_http::compression::CompressionLayer;
@@ -33,6 +38,9 @@ pub struct Application {
     role: Role,
     retention: Duration,
 }
+
+/// The name cargo-leptos gives the browser build's files (`pkg/errand.<hash>.wasm`).
+const OUTPUT_NAME: &str = "errand";
 
 /// How often finished jobs past their retention are looked for.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
@@ -77,18 +85,23 @@ impl Application {
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("could not listen on {}", config.addr))?;
-        let leptos_options = LeptosOptions::builder()
-            .output_name("errand")
+        let assets = Assets::of_this_build(OUTPUT_NAME);
+        let mut leptos_options = LeptosOptions::builder()
+            .output_name(OUTPUT_NAME)
             .site_root(config.site_root.to_string_lossy().into_owned())
             .site_pkg_dir("pkg")
             .site_addr(listener.local_addr()?)
             .build();
+        if let Some(hash_file) = assets.hash_file() {
+            leptos_options.hash_files = true;
+            leptos_options.hash_file = hash_file.to_string_lossy().into();
+        }
         let state = AppState {
             leptos_options,
             engine: engine.clone(),
             session_key,
         };
-        Ok((listener, router(state)))
+        Ok((listener, router(state, &assets, &config.site_root)))
     }
 
     /// The address HTTP is served on (an unspecified one in the `worker` role).
@@ -141,7 +154,7 @@ impl Application {
             let _ = stop_tx.send(true);
         });
         match self.http {
-            Some((listener, router)) => axum::serve(listener, router)
+            Some((listener, router)) => axum::serve(listener.tap_io(no_delay), router)
                 .with_graceful_shutdown(stopped())
                 .await
                 .context("HTTP server failed")?,
@@ -151,6 +164,15 @@ impl Application {
             workers.await.context("worker task failed")??;
         }
         Ok(())
+    }
+}
+
+/// Sends small writes at once: an event stream's events are small, and with Nagle's algorithm
+/// each one written while the previous is unacknowledged would wait for the client's delayed
+/// ACK (~40 ms on Linux).
+fn no_delay(connection: &mut tokio::net::TcpStream) {
+    if let Err(err) = connection.set_nodelay(true) {
+        tracing::debug!(%err, "could not set TCP_NODELAY on a connection");
     }
 }
 
@@ -177,20 +199,28 @@ async fn purge_periodically(
     }
 }
 
-fn router(state: AppState) -> Router {
+fn router(state: AppState, assets: &Assets, site_root: &Path) -> Router {
     let routes = generate_route_list(App);
     let engine = state.engine.clone();
     let options = state.leptos_options.clone();
+    let stylesheet: Arc<str> = assets.stylesheet().into();
+    let page = {
+        let stylesheet = stylesheet.clone();
+        move || shell(options.clone(), stylesheet.clone())
+    };
     Router::new()
         .merge(api::routes())
         .merge(uploads::routes())
+        .merge(assets.routes(site_root))
         .leptos_routes_with_context(
             &state,
             routes,
             move || provide_context(engine.clone()),
-            move || shell(options.clone()),
+            page,
         )
-        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(
+            move |options| shell(options, stylesheet.clone()),
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.session_key.clone(),
             session::session,

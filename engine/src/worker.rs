@@ -17,8 +17,9 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Progress is pushed to watchers at once but written to the registry at most this often
-/// (and always when the job ends), so a chatty handler costs few database writes.
+/// Progress is pushed to watchers at once but written to the registry at most this often,
+/// counting from the start (which wrote the row), and always when the job ends; so a chatty
+/// handler costs few database writes, and a short job none besides its start and finish.
 const PROGRESS_SAVE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// What a handler uses to report on its job while it runs.
@@ -27,7 +28,8 @@ pub struct JobContext {
     engine: Engine,
     job: Mutex<Job>,
     next_log_seq: AtomicI64,
-    last_saved: Mutex<Option<Instant>>,
+    /// When the registry row was last written (the start, then progress saves).
+    last_saved: Mutex<Instant>,
     cancel: CancellationToken,
 }
 
@@ -37,7 +39,7 @@ impl JobContext {
             engine,
             job: Mutex::new(job),
             next_log_seq: AtomicI64::new(last_log_seq + 1),
-            last_saved: Mutex::new(None),
+            last_saved: Mutex::new(Instant::now()),
             cancel,
         }
     }
@@ -108,9 +110,9 @@ impl JobContext {
                 .last_saved
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let due = last.is_none_or(|at| at.elapsed() >= PROGRESS_SAVE_INTERVAL);
+            let due = last.elapsed() >= PROGRESS_SAVE_INTERVAL;
             if due {
-                *last = Some(Instant::now());
+                *last = Instant::now();
             }
             due
         };

@@ -1,4 +1,5 @@
-//! Group commit for the registry's hottest writes: a job recorded, started, finished.
+//! Group commit for the registry's hottest writes: a job recorded, started, its progress saved,
+//! finished.
 //!
 //! Each costs one statement, and a statement's fixed cost (~70 µs on SQLite through sqlx, a round
 //! trip on Postgres) dwarfs its work; with many jobs running, that cost, paid once per job, is

@@ -93,7 +93,7 @@ macro_rules! bind_filter {
 #[derive(Debug, Clone)]
 pub struct Registry {
     db: Db,
-    /// Inserts, starts and finishes, group-committed (see [`batch`]); `None` in the copy the batching
+    /// Inserts, starts, progress and finishes, group-committed (see [`batch`]); `None` in the copy the batching
     /// tasks themselves write through.
     batches: Option<Arc<Batches>>,
 }
@@ -102,6 +102,7 @@ pub struct Registry {
 struct Batches {
     inserts: Batcher<Job, Option<Job>>,
     starts: Batcher<Start, Option<Job>>,
+    progress: Batcher<Progress, ()>,
     finishes: Batcher<Finish, Option<Job>>,
 }
 
@@ -111,6 +112,15 @@ struct Start {
     id: JobId,
     delivery: i64,
     worker: String,
+}
+
+/// A request to save a running job's progress, see [`Registry::save_progress`].
+#[derive(Debug, Clone)]
+struct Progress {
+    id: JobId,
+    delivery: i64,
+    progress: Option<f64>,
+    stage: Option<String>,
 }
 
 /// A request to record how a job ended, see [`Registry::finish`].
@@ -191,6 +201,7 @@ impl Registry {
         };
         let inserter = direct.clone();
         let starter = direct.clone();
+        let reporter = direct.clone();
         let finisher = direct;
         let batches = Batches {
             inserts: Batcher::spawn(move |batch| {
@@ -200,6 +211,10 @@ impl Registry {
             starts: Batcher::spawn(move |batch| {
                 let registry = starter.clone();
                 async move { registry.start_all(batch).await }
+            }),
+            progress: Batcher::spawn(move |batch| {
+                let registry = reporter.clone();
+                async move { registry.save_progress_all(batch).await }
             }),
             finishes: Batcher::spawn(move |batch| {
                 let registry = finisher.clone();
@@ -485,18 +500,37 @@ impl Registry {
     /// Saves the progress and stage a running job last reported, unless that delivery of it
     /// is not running any more.
     pub async fn save_progress(&self, job: &Job) -> Result<(), RegistryError> {
-        let sql = "UPDATE jobs SET progress = $1, stage = $2 \
-                   WHERE id = $3 AND delivery = $4 AND state = 'running'";
+        let request = Progress {
+            id: job.id,
+            delivery: job.delivery,
+            progress: job.progress,
+            stage: job.stage.clone(),
+        };
+        match &self.batches {
+            Some(batches) => batches.progress.run(request).await,
+            None => self.save_progress_all(vec![request]).await.map(drop),
+        }
+    }
+
+    /// [`Self::save_progress`] for many jobs in one statement.
+    async fn save_progress_all(&self, requests: Vec<Progress>) -> Result<Vec<()>, RegistryError> {
+        let sql = format!(
+            "UPDATE jobs SET progress = t.column3, stage = t.column4 FROM (VALUES {}) AS t \
+             WHERE jobs.id = t.column1 AND jobs.delivery = t.column2 AND jobs.state = 'running'",
+            batch::values(requests.len(), 4, 1)
+        );
         on_db!(self, pool => {
-            sqlx::query(sql)
-                .bind(job.progress)
-                .bind(job.stage.as_deref())
-                .bind(job.id.to_string())
-                .bind(job.delivery)
-                .execute(pool)
-                .await?;
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
+            for request in &requests {
+                query = query
+                    .bind(request.id.to_string())
+                    .bind(request.delivery)
+                    .bind(request.progress)
+                    .bind(request.stage.as_deref());
+            }
+            query.execute(pool).await?;
         });
-        Ok(())
+        Ok(vec![(); requests.len()])
     }
 
     /// Records how a running job ended, with its final progress and stage; `None` when that

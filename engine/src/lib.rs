@@ -38,7 +38,8 @@ use tokio::sync::broadcast;
 pub struct EngineConfig {
     /// Folder for the registry and queue files; created if missing.
     pub data_dir: PathBuf,
-    /// How many jobs one process runs at once.
+    /// How many jobs one process runs at once. Kinds that do heavy synchronous work also take
+    /// one of the process's CPU slots (one per core), so this can be well above the core count.
     pub concurrency: usize,
     /// How long shutdown waits for running jobs before giving up on them.
     pub shutdown_grace: Duration,
@@ -53,11 +54,11 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
-    /// Defaults for a data dir: 32 jobs at once, 30 s of grace at shutdown.
+    /// Defaults for a data dir: 64 jobs at once, 30 s of grace at shutdown.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
-            concurrency: 32,
+            concurrency: 64,
             shutdown_grace: Duration::from_secs(30),
             webhook_allow: Vec::new(),
             database_url: None,
@@ -163,6 +164,8 @@ struct Inner {
     kinds: Kinds,
     files: Files,
     running: worker::Running,
+    /// One permit per core, held by handlers while they do heavy synchronous work.
+    cpu_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Engine {
@@ -200,6 +203,9 @@ impl Engine {
                 kinds,
                 files,
                 running: worker::Running::default(),
+                cpu_slots: Arc::new(tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(2, |n| n.get()),
+                )),
             }),
         };
         // Processes sharing the jobs share their live events too: over Redis when the queue is
@@ -254,6 +260,10 @@ impl Engine {
 
     pub(crate) fn running(&self) -> &worker::Running {
         &self.inner.running
+    }
+
+    pub(crate) fn cpu_slots(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.inner.cpu_slots
     }
 
     /// Validates and records a job for `owner`, queues it and returns its id at once. With an

@@ -95,6 +95,20 @@ impl JobContext {
             .clone()
     }
 
+    /// Waits for one of the process's CPU slots (one per core) and holds it until the returned
+    /// permit is dropped. Kinds whose work is heavy and synchronous (decoding images, parsing
+    /// files) hold one while they do, so a high job concurrency, meant for jobs that mostly
+    /// wait, never runs more of them at once than there are cores, nor holds more of their
+    /// data in memory. Ends early with `Cancelled` when the job is cancelled while waiting.
+    pub async fn cpu_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, JobError> {
+        tokio::select! {
+            permit = self.engine.cpu_slots().clone().acquire_owned() => {
+                permit.map_err(|_| JobError::Retryable("the process is stopping".into()))
+            }
+            () = self.cancelled() => Err(JobError::Cancelled),
+        }
+    }
+
     /// Reports the fraction of work done (clamped to 0..=1) and, optionally, a new stage text.
     pub async fn progress(&self, fraction: f64, stage: Option<String>) {
         let job = {

@@ -45,8 +45,9 @@ pub struct Config {
     #[arg(long, env = "ERRAND_SESSION_KEY", hide_env_values = true)]
     pub session_key: Option<String>,
 
-    /// How many jobs this process runs at once.
-    #[arg(long, env = "ERRAND_CONCURRENCY", default_value_t = 32)]
+    /// How many jobs this process runs at once (CPU-heavy kinds also wait for one of the
+    /// process's per-core slots).
+    #[arg(long, env = "ERRAND_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
 
     /// Seconds that shutdown waits for running jobs.
@@ -95,7 +96,7 @@ impl Config {
             data_dir: data_dir.into(),
             site_root: PathBuf::from("target/site"),
             session_key: None,
-            concurrency: 32,
+            concurrency: 64,
             shutdown_grace: 5,
             retention_days: 7.0,
             webhook_allow: vec![std::net::IpAddr::from([127, 0, 0, 1])],

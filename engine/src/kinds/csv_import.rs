@@ -57,6 +57,7 @@ impl JobKind for CsvImport {
 
         // The parse is synchronous I/O: it runs on a blocking thread while this task reports
         // its progress and forwards a cancel.
+        let _slot = ctx.cpu_slot().await?;
         let worker = tokio::task::spawn_blocking({
             let (read, stop, path) = (read.clone(), stop.clone(), file.path.clone());
             move || -> Result<Analysis, String> {

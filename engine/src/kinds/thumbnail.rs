@@ -83,6 +83,8 @@ impl JobKind for Thumbnail {
         let upload = upload::open(args.upload, ctx)?;
         let (format, (width, height)) =
             probe(&upload.path).map_err(|e| JobError::Permanent(e.message))?;
+        // The decoded image stays in memory until the last size is written.
+        let _slot = ctx.cpu_slot().await?;
         ctx.progress(0.0, Some("decoding".into())).await;
         let path = upload.path.clone();
         let image = tokio::task::spawn_blocking(move || decode(&path))

@@ -193,38 +193,37 @@ impl Registry {
         Ok(Self::with_batches(Db::Sqlite(pool)))
     }
 
-    /// A registry on `db` whose starts and finishes go through batching tasks.
+    /// A registry on `db` whose inserts, starts, progress saves and finishes go through
+    /// batching tasks.
     fn with_batches(db: Db) -> Self {
         let direct = Self {
             db: db.clone(),
             batches: None,
         };
-        let inserter = direct.clone();
-        let starter = direct.clone();
-        let reporter = direct.clone();
-        let finisher = direct;
         let batches = Batches {
-            inserts: Batcher::spawn(move |batch| {
-                let registry = inserter.clone();
-                async move { registry.insert_all(batch).await }
-            }),
-            starts: Batcher::spawn(move |batch| {
-                let registry = starter.clone();
-                async move { registry.start_all(batch).await }
-            }),
-            progress: Batcher::spawn(move |batch| {
-                let registry = reporter.clone();
-                async move { registry.save_progress_all(batch).await }
-            }),
-            finishes: Batcher::spawn(move |batch| {
-                let registry = finisher.clone();
-                async move { registry.finish_all(batch).await }
-            }),
+            inserts: direct.batching(|r, batch| async move { r.insert_all(batch).await }),
+            starts: direct.batching(|r, batch| async move { r.start_all(batch).await }),
+            progress: direct.batching(|r, batch| async move { r.save_progress_all(batch).await }),
+            finishes: direct.batching(|r, batch| async move { r.finish_all(batch).await }),
         };
         Self {
             db,
             batches: Some(Arc::new(batches)),
         }
+    }
+
+    /// Starts a task that runs batches with `run`, on a copy of this registry.
+    fn batching<Req, Resp, Fut>(
+        &self,
+        run: impl Fn(Self, Vec<Req>) -> Fut + Send + 'static,
+    ) -> Batcher<Req, Resp>
+    where
+        Req: Clone + Send + 'static,
+        Resp: Send + 'static,
+        Fut: Future<Output = Result<Vec<Resp>, RegistryError>> + Send,
+    {
+        let registry = self.clone();
+        Batcher::spawn(move |batch| run(registry.clone(), batch))
     }
 
     /// The Postgres pool, when the registry is on Postgres (live events travel through it).

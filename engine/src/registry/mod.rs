@@ -386,7 +386,7 @@ impl Registry {
     /// [`Self::start`] for many jobs in one statement per worker name; answers in order.
     async fn start_all(&self, requests: Vec<Start>) -> Result<Vec<Option<Job>>, RegistryError> {
         let now = now_ms();
-        let mut started = HashMap::new();
+        let mut started = Vec::new();
         let mut workers: Vec<&str> = requests.iter().map(|r| r.worker.as_str()).collect();
         workers.sort_unstable();
         workers.dedup();
@@ -409,12 +409,9 @@ impl Registry {
                 let rows = query.fetch_all(pool).await?;
                 rows.iter().map(job_from_row).collect::<Result<_, _>>()?
             });
-            started.extend(jobs.into_iter().map(|job| ((job.id, job.delivery), job)));
+            started.extend(jobs);
         }
-        Ok(requests
-            .iter()
-            .map(|r| started.remove(&(r.id, r.delivery)))
-            .collect())
+        Ok(answers(&requests, |r| (r.id, r.delivery), started))
     }
 
     /// Puts a job running its `delivery` back in the queue for another attempt at `run_at`,
@@ -581,15 +578,22 @@ impl Registry {
             let rows = query.fetch_all(pool).await?;
             rows.iter().map(job_from_row).collect::<Result<_, _>>()?
         });
-        let mut finished: HashMap<_, _> = jobs
-            .into_iter()
-            .map(|job| ((job.id, job.delivery), job))
-            .collect();
-        Ok(requests
-            .iter()
-            .map(|r| finished.remove(&(r.id, r.delivery)))
-            .collect())
+        Ok(answers(&requests, |r| (r.id, r.delivery), jobs))
     }
+}
+
+/// Each request's job among the rows a batched statement returned (matched by id and
+/// delivery), in the requests' order; `None` where the statement changed nothing.
+fn answers<R>(
+    requests: &[R],
+    key: impl Fn(&R) -> (JobId, i64),
+    jobs: Vec<Job>,
+) -> Vec<Option<Job>> {
+    let mut jobs: HashMap<_, _> = jobs
+        .into_iter()
+        .map(|job| ((job.id, job.delivery), job))
+        .collect();
+    requests.iter().map(|r| jobs.remove(&key(r))).collect()
 }
 
 /// A cursor above every ULID: Crockford base32 'Z' sorts after every ULID character.

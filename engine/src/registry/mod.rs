@@ -93,9 +93,14 @@ macro_rules! bind_filter {
 #[derive(Debug, Clone)]
 pub struct Registry {
     db: Db,
-    /// Inserts, starts, progress and finishes, group-committed (see [`batch`]); `None` in the copy the batching
-    /// tasks themselves write through.
-    batches: Option<Arc<Batches>>,
+    /// Inserts, starts, progress saves and finishes, group-committed (see [`batch`]).
+    batches: Arc<Batches>,
+}
+
+/// Runs the batched writes (in the batching tasks).
+#[derive(Debug, Clone)]
+struct Writer {
+    db: Db,
 }
 
 #[derive(Debug)]
@@ -196,34 +201,17 @@ impl Registry {
     /// A registry on `db` whose inserts, starts, progress saves and finishes go through
     /// batching tasks.
     fn with_batches(db: Db) -> Self {
-        let direct = Self {
-            db: db.clone(),
-            batches: None,
-        };
+        let writer = Writer { db: db.clone() };
         let batches = Batches {
-            inserts: direct.batching(|r, batch| async move { r.insert_all(batch).await }),
-            starts: direct.batching(|r, batch| async move { r.start_all(batch).await }),
-            progress: direct.batching(|r, batch| async move { r.save_progress_all(batch).await }),
-            finishes: direct.batching(|r, batch| async move { r.finish_all(batch).await }),
+            inserts: writer.batching(|w, batch| async move { w.insert_all(batch).await }),
+            starts: writer.batching(|w, batch| async move { w.start_all(batch).await }),
+            progress: writer.batching(|w, batch| async move { w.save_progress_all(batch).await }),
+            finishes: writer.batching(|w, batch| async move { w.finish_all(batch).await }),
         };
         Self {
             db,
-            batches: Some(Arc::new(batches)),
+            batches: Arc::new(batches),
         }
-    }
-
-    /// Starts a task that runs batches with `run`, on a copy of this registry.
-    fn batching<Req, Resp, Fut>(
-        &self,
-        run: impl Fn(Self, Vec<Req>) -> Fut + Send + 'static,
-    ) -> Batcher<Req, Resp>
-    where
-        Req: Clone + Send + 'static,
-        Resp: Send + 'static,
-        Fut: Future<Output = Result<Vec<Resp>, RegistryError>> + Send,
-    {
-        let registry = self.clone();
-        Batcher::spawn(move |batch| run(registry.clone(), batch))
     }
 
     /// The Postgres pool, when the registry is on Postgres (live events travel through it).
@@ -237,64 +225,7 @@ impl Registry {
     /// Records a new queued job. With an idempotency key the owner already used, nothing is
     /// inserted and the existing job is returned instead.
     pub async fn insert(&self, job: &Job) -> Result<Option<Job>, RegistryError> {
-        match &self.batches {
-            Some(batches) => batches.inserts.run(job.clone()).await,
-            None => Ok(self.insert_all(vec![job.clone()]).await?.pop().flatten()),
-        }
-    }
-
-    /// [`Self::insert`] for many jobs in one statement; answers in order.
-    async fn insert_all(&self, jobs: Vec<Job>) -> Result<Vec<Option<Job>>, RegistryError> {
-        let sql = format!(
-            "INSERT INTO jobs (id, owner, kind, params, state, attempts, created_at, \
-             max_attempts, run_at, delivery, retry_of, idempotency_key) VALUES {} \
-             ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
-             RETURNING id",
-            batch::values(jobs.len(), 12, 1)
-        );
-        let inserted: Vec<String> = on_db!(self, pool => {
-            let mut query = sqlx::query_scalar(AssertSqlSafe(sql.as_str()));
-            for job in &jobs {
-                query = query
-                    .bind(job.id.to_string())
-                    .bind(&job.owner.0)
-                    .bind(&job.kind)
-                    .bind(job.params.to_string())
-                    .bind(job.state.as_str())
-                    .bind(0_i64)
-                    .bind(job.created_at)
-                    .bind(i64::from(job.max_attempts))
-                    .bind(job.run_at)
-                    .bind(job.delivery)
-                    .bind(job.retry_of.map(|id| id.to_string()))
-                    .bind(job.idempotency_key.as_deref());
-            }
-            query.fetch_all(pool).await?
-        });
-        let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
-        let mut answers = Vec::with_capacity(jobs.len());
-        for job in &jobs {
-            if inserted.contains(&job.id.to_string()) {
-                answers.push(None);
-                continue;
-            }
-            // The owner used this idempotency key before (or earlier in this batch).
-            let sql = concat!(
-                "SELECT ",
-                job_columns!(),
-                " FROM jobs WHERE owner = $1 AND idempotency_key = $2"
-            );
-            let existing = on_db!(self, pool => {
-                let row = sqlx::query(sql)
-                    .bind(&job.owner.0)
-                    .bind(job.idempotency_key.as_deref())
-                    .fetch_one(pool)
-                    .await?;
-                job_from_row(&row)?
-            });
-            answers.push(Some(existing));
-        }
-        Ok(answers)
+        self.batches.inserts.run(job.clone()).await
     }
 
     /// Removes a job and its log.
@@ -377,41 +308,7 @@ impl Registry {
             delivery,
             worker: worker.to_owned(),
         };
-        match &self.batches {
-            Some(batches) => batches.starts.run(request).await,
-            None => Ok(self.start_all(vec![request]).await?.pop().flatten()),
-        }
-    }
-
-    /// [`Self::start`] for many jobs in one statement per worker name; answers in order.
-    async fn start_all(&self, requests: Vec<Start>) -> Result<Vec<Option<Job>>, RegistryError> {
-        let now = now_ms();
-        let mut started = Vec::new();
-        let mut workers: Vec<&str> = requests.iter().map(|r| r.worker.as_str()).collect();
-        workers.sort_unstable();
-        workers.dedup();
-        for worker in workers {
-            let batch: Vec<&Start> = requests.iter().filter(|r| r.worker == worker).collect();
-            let sql = format!(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = $1, \
-                 progress = NULL, stage = NULL, run_at = NULL, worker = $2 \
-                 FROM (VALUES {}) AS t \
-                 WHERE jobs.id = t.column1 AND jobs.delivery = t.column2 AND jobs.state = 'queued' \
-                 RETURNING {}",
-                batch::values(batch.len(), 2, 3),
-                job_columns!()
-            );
-            let jobs: Vec<Job> = on_db!(self, pool => {
-                let mut query = sqlx::query(AssertSqlSafe(sql.as_str())).bind(now).bind(worker);
-                for request in &batch {
-                    query = query.bind(request.id.to_string()).bind(request.delivery);
-                }
-                let rows = query.fetch_all(pool).await?;
-                rows.iter().map(job_from_row).collect::<Result<_, _>>()?
-            });
-            started.extend(jobs);
-        }
-        Ok(answers(&requests, |r| (r.id, r.delivery), started))
+        self.batches.starts.run(request).await
     }
 
     /// Puts a job running its `delivery` back in the queue for another attempt at `run_at`,
@@ -502,13 +399,145 @@ impl Registry {
             progress: job.progress,
             stage: job.stage.clone(),
         };
-        match &self.batches {
-            Some(batches) => batches.progress.run(request).await,
-            None => self.save_progress_all(vec![request]).await.map(drop),
-        }
+        self.batches.progress.run(request).await
     }
 
-    /// [`Self::save_progress`] for many jobs in one statement.
+    /// Records how a running job ended, with its final progress and stage; `None` when that
+    /// delivery of it is not running any more (it was taken back and runs elsewhere).
+    pub async fn finish(&self, job: &Job, outcome: &Outcome) -> Result<Option<Job>, RegistryError> {
+        let (state, result, error) = match outcome {
+            Outcome::Succeeded(value) => (JobState::Succeeded, Some(value.to_string()), None),
+            Outcome::Failed(message) => (JobState::Failed, None, Some(message.clone())),
+            Outcome::Cancelled => (JobState::Cancelled, None, Some("cancelled".to_owned())),
+        };
+        let request = Finish {
+            id: job.id,
+            delivery: job.delivery,
+            state,
+            result,
+            error,
+            progress: job.progress,
+            stage: job.stage.clone(),
+        };
+        self.batches.finishes.run(request).await
+    }
+}
+
+/// Each request's job among the rows a batched statement returned (matched by id and
+/// delivery), in the requests' order; `None` where the statement changed nothing.
+fn answers<R>(
+    requests: &[R],
+    key: impl Fn(&R) -> (JobId, i64),
+    jobs: Vec<Job>,
+) -> Vec<Option<Job>> {
+    let mut jobs: HashMap<_, _> = jobs
+        .into_iter()
+        .map(|job| ((job.id, job.delivery), job))
+        .collect();
+    requests.iter().map(|r| jobs.remove(&key(r))).collect()
+}
+
+impl Writer {
+    /// Starts a task that runs batches with `run`, on a copy of this writer.
+    fn batching<Req, Resp, Fut>(
+        &self,
+        run: impl Fn(Self, Vec<Req>) -> Fut + Send + 'static,
+    ) -> Batcher<Req, Resp>
+    where
+        Req: Clone + Send + 'static,
+        Resp: Send + 'static,
+        Fut: Future<Output = Result<Vec<Resp>, RegistryError>> + Send,
+    {
+        let writer = self.clone();
+        Batcher::spawn(move |batch| run(writer.clone(), batch))
+    }
+
+    /// [`Registry::insert`] for many jobs in one statement; answers in order.
+    async fn insert_all(&self, jobs: Vec<Job>) -> Result<Vec<Option<Job>>, RegistryError> {
+        let sql = format!(
+            "INSERT INTO jobs (id, owner, kind, params, state, attempts, created_at, \
+             max_attempts, run_at, delivery, retry_of, idempotency_key) VALUES {} \
+             ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+             RETURNING id",
+            batch::values(jobs.len(), 12, 1)
+        );
+        let inserted: Vec<String> = on_db!(self, pool => {
+            let mut query = sqlx::query_scalar(AssertSqlSafe(sql.as_str()));
+            for job in &jobs {
+                query = query
+                    .bind(job.id.to_string())
+                    .bind(&job.owner.0)
+                    .bind(&job.kind)
+                    .bind(job.params.to_string())
+                    .bind(job.state.as_str())
+                    .bind(0_i64)
+                    .bind(job.created_at)
+                    .bind(i64::from(job.max_attempts))
+                    .bind(job.run_at)
+                    .bind(job.delivery)
+                    .bind(job.retry_of.map(|id| id.to_string()))
+                    .bind(job.idempotency_key.as_deref());
+            }
+            query.fetch_all(pool).await?
+        });
+        let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+        let mut answers = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            if inserted.contains(&job.id.to_string()) {
+                answers.push(None);
+                continue;
+            }
+            // The owner used this idempotency key before (or earlier in this batch).
+            let sql = concat!(
+                "SELECT ",
+                job_columns!(),
+                " FROM jobs WHERE owner = $1 AND idempotency_key = $2"
+            );
+            let existing = on_db!(self, pool => {
+                let row = sqlx::query(sql)
+                    .bind(&job.owner.0)
+                    .bind(job.idempotency_key.as_deref())
+                    .fetch_one(pool)
+                    .await?;
+                job_from_row(&row)?
+            });
+            answers.push(Some(existing));
+        }
+        Ok(answers)
+    }
+
+    /// [`Registry::start`] for many jobs in one statement per worker name; answers in order.
+    async fn start_all(&self, requests: Vec<Start>) -> Result<Vec<Option<Job>>, RegistryError> {
+        let now = now_ms();
+        let mut started = Vec::new();
+        let mut workers: Vec<&str> = requests.iter().map(|r| r.worker.as_str()).collect();
+        workers.sort_unstable();
+        workers.dedup();
+        for worker in workers {
+            let batch: Vec<&Start> = requests.iter().filter(|r| r.worker == worker).collect();
+            let sql = format!(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = $1, \
+                 progress = NULL, stage = NULL, run_at = NULL, worker = $2 \
+                 FROM (VALUES {}) AS t \
+                 WHERE jobs.id = t.column1 AND jobs.delivery = t.column2 AND jobs.state = 'queued' \
+                 RETURNING {}",
+                batch::values(batch.len(), 2, 3),
+                job_columns!()
+            );
+            let jobs: Vec<Job> = on_db!(self, pool => {
+                let mut query = sqlx::query(AssertSqlSafe(sql.as_str())).bind(now).bind(worker);
+                for request in &batch {
+                    query = query.bind(request.id.to_string()).bind(request.delivery);
+                }
+                let rows = query.fetch_all(pool).await?;
+                rows.iter().map(job_from_row).collect::<Result<_, _>>()?
+            });
+            started.extend(jobs);
+        }
+        Ok(answers(&requests, |r| (r.id, r.delivery), started))
+    }
+
+    /// [`Registry::save_progress`] for many jobs in one statement.
     async fn save_progress_all(&self, requests: Vec<Progress>) -> Result<Vec<()>, RegistryError> {
         let sql = format!(
             "UPDATE jobs SET progress = t.column3, stage = t.column4 FROM (VALUES {}) AS t \
@@ -529,30 +558,7 @@ impl Registry {
         Ok(vec![(); requests.len()])
     }
 
-    /// Records how a running job ended, with its final progress and stage; `None` when that
-    /// delivery of it is not running any more (it was taken back and runs elsewhere).
-    pub async fn finish(&self, job: &Job, outcome: &Outcome) -> Result<Option<Job>, RegistryError> {
-        let (state, result, error) = match outcome {
-            Outcome::Succeeded(value) => (JobState::Succeeded, Some(value.to_string()), None),
-            Outcome::Failed(message) => (JobState::Failed, None, Some(message.clone())),
-            Outcome::Cancelled => (JobState::Cancelled, None, Some("cancelled".to_owned())),
-        };
-        let request = Finish {
-            id: job.id,
-            delivery: job.delivery,
-            state,
-            result,
-            error,
-            progress: job.progress,
-            stage: job.stage.clone(),
-        };
-        match &self.batches {
-            Some(batches) => batches.finishes.run(request).await,
-            None => Ok(self.finish_all(vec![request]).await?.pop().flatten()),
-        }
-    }
-
-    /// [`Self::finish`] for many jobs in one statement; answers in order.
+    /// [`Registry::finish`] for many jobs in one statement; answers in order.
     async fn finish_all(&self, requests: Vec<Finish>) -> Result<Vec<Option<Job>>, RegistryError> {
         let sql = format!(
             "UPDATE jobs SET state = t.column3, result = t.column4, error = t.column5, \
@@ -580,20 +586,6 @@ impl Registry {
         });
         Ok(answers(&requests, |r| (r.id, r.delivery), jobs))
     }
-}
-
-/// Each request's job among the rows a batched statement returned (matched by id and
-/// delivery), in the requests' order; `None` where the statement changed nothing.
-fn answers<R>(
-    requests: &[R],
-    key: impl Fn(&R) -> (JobId, i64),
-    jobs: Vec<Job>,
-) -> Vec<Option<Job>> {
-    let mut jobs: HashMap<_, _> = jobs
-        .into_iter()
-        .map(|job| ((job.id, job.delivery), job))
-        .collect();
-    requests.iter().map(|r| jobs.remove(&key(r))).collect()
 }
 
 /// A cursor above every ULID: Crockford base32 'Z' sorts after every ULID character.

@@ -65,6 +65,27 @@ impl JobView {
     pub fn percent(&self) -> Option<u32> {
         self.progress.map(percent)
     }
+
+    /// How far along its life the job is: a number that never goes down as the job moves on
+    /// (queued for attempt n, running attempt n, queued for attempt n + 1, …, finished), so a
+    /// page can tell a stale copy (a snapshot read before the changes it already showed) from a
+    /// newer one.
+    fn stage_of_life(&self) -> u64 {
+        let attempts = u64::from(self.attempts);
+        match self.state {
+            JobState::Queued => attempts * 2,
+            JobState::Running => (attempts * 2).saturating_sub(1),
+            _ => u64::MAX,
+        }
+    }
+
+    /// True when this copy of the job is not older than `shown`: further along its life, or
+    /// as far with at least as much progress.
+    pub fn is_not_older_than(&self, shown: &JobView) -> bool {
+        let (mine, theirs) = (self.stage_of_life(), shown.stage_of_life());
+        mine > theirs
+            || (mine == theirs && self.progress.unwrap_or(-1.0) >= shown.progress.unwrap_or(-1.0))
+    }
 }
 
 /// A fraction (0..=1) as a whole percentage, rounded down so 100% means done.
@@ -111,6 +132,51 @@ pub mod event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn view(state: JobState, attempts: u32, progress: Option<f64>) -> JobView {
+        JobView {
+            id: "j".into(),
+            kind: "sleep".into(),
+            params: Value::Null,
+            state,
+            progress,
+            stage: None,
+            result: None,
+            error: None,
+            attempts,
+            max_attempts: 3,
+            created_at: String::new(),
+            started_at: None,
+            finished_at: None,
+            run_at: None,
+            retry_of: None,
+        }
+    }
+
+    #[test]
+    fn a_job_s_life_only_moves_forward() {
+        let life = [
+            view(JobState::Queued, 0, None),
+            view(JobState::Running, 1, None),
+            view(JobState::Running, 1, Some(0.5)),
+            view(JobState::Queued, 1, None),
+            view(JobState::Running, 2, Some(0.1)),
+            view(JobState::Succeeded, 2, Some(1.0)),
+        ];
+        for (i, later) in life.iter().enumerate() {
+            for earlier in &life[..i] {
+                assert!(
+                    later.is_not_older_than(earlier),
+                    "{later:?} after {earlier:?}"
+                );
+                assert!(
+                    !earlier.is_not_older_than(later),
+                    "{earlier:?} before {later:?}"
+                );
+            }
+            assert!(later.is_not_older_than(later));
+        }
+    }
 
     #[test]
     fn percent_rounds_down_and_clamps() {

@@ -77,6 +77,21 @@ impl Files {
         })
     }
 
+    /// The uploads made before `before` (unix ms; an upload id is a ULID, which carries its
+    /// time), whether finished or not.
+    pub fn uploads_before(&self, before: i64) -> io::Result<Vec<UploadId>> {
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(self.root.join("uploads"))? {
+            let name = entry?.file_name();
+            if let Some(id) = name.to_str().and_then(|n| n.parse::<UploadId>().ok())
+                && (id.timestamp_ms() as i64) < before
+            {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
     /// Removes an upload and its folder; a missing one is not an error.
     pub fn delete_upload(&self, id: UploadId) -> io::Result<()> {
         remove_dir_if_present(&self.upload_dir(id))

@@ -1,14 +1,16 @@
 //! The event hub: fans job changes out to whoever watches them (SSE streams, the job list).
 //!
 //! Each topic (one job, or all jobs of one owner) has its own broadcast channel, created when the
-//! first watcher subscribes and dropped once nobody listens, so a publish costs nothing when no
-//! page is open and never wakes watchers of other jobs. Events are shared (`Arc`), not cloned per
-//! subscriber.
+//! first watcher subscribes and removed with its last [`Subscription`], so a publish costs
+//! nothing when no page is open, never wakes watchers of other jobs, and the hub holds no more
+//! channels than there are open watches (a flood of requests that subscribe and go leaves
+//! nothing behind). Events are shared (`Arc`), not cloned per subscriber.
 
 use crate::model::{Job, JobId, LogLine, Owner};
 use crate::relay::Outgoing;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, mpsc};
 
 /// How many events a slow watcher of one job may fall behind before it is told it lagged (its
@@ -71,52 +73,116 @@ pub enum Topic {
     Owner(Owner),
 }
 
+/// The open topics; `None` once the hub is closed.
+type Topics = Mutex<Option<HashMap<Topic, broadcast::Sender<JobEvent>>>>;
+
 /// Routes job events to subscribers in this process and, when a relay is attached, to the
 /// other processes sharing the registry (see `relay`).
 #[derive(Debug, Default)]
 pub struct Hub {
-    /// The open topics; `None` once the hub is closed.
-    topics: Mutex<Option<HashMap<Topic, broadcast::Sender<JobEvent>>>>,
+    topics: Arc<Topics>,
     /// Where this process's events leave for the others, if anywhere.
-    relay: OnceLock<mpsc::UnboundedSender<Outgoing>>,
+    relay: OnceLock<mpsc::Sender<Outgoing>>,
+}
+
+/// A watch of one topic: receives the events published to it from its start, in order. The
+/// topic's channel is removed from the hub when its last subscription is dropped.
+#[derive(Debug)]
+pub struct Subscription {
+    receiver: broadcast::Receiver<JobEvent>,
+    topic: Topic,
+    topics: std::sync::Weak<Topics>,
+}
+
+impl Subscription {
+    /// The next event; `Lagged` when this watcher fell so far behind that events were dropped
+    /// for it (it should re-read a snapshot), `Closed` once the hub closed.
+    pub async fn recv(&mut self) -> Result<JobEvent, RecvError> {
+        self.receiver.recv().await
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&mut self) -> Result<JobEvent, TryRecvError> {
+        self.receiver.try_recv()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let Some(topics) = self.topics.upgrade() else {
+            return;
+        };
+        let mut topics = topics.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(topics) = topics.as_mut()
+            && let Some(sender) = topics.get(&self.topic)
+            // Only this subscription's receiver is left (it goes right after this).
+            && sender.receiver_count() <= 1
+        {
+            topics.remove(&self.topic);
+        }
+    }
 }
 
 impl Hub {
     pub fn new() -> Self {
         Self {
-            topics: Mutex::new(Some(HashMap::new())),
+            topics: Arc::new(Mutex::new(Some(HashMap::new()))),
             relay: OnceLock::new(),
         }
     }
 
     /// Sends every event published from now on to the other processes as well.
-    pub(crate) fn attach_relay(&self, relay: mpsc::UnboundedSender<Outgoing>) {
+    pub(crate) fn attach_relay(&self, relay: mpsc::Sender<Outgoing>) {
         let _ = self.relay.set(relay);
     }
 
-    /// Hands `message` to the relay, if one is attached; false if there is none.
+    /// Hands `message` to the relay, if one is attached; false if there is none, or if the
+    /// relay is [full](crate::relay::OUTGOING_CAPACITY): then the message is dropped (live
+    /// views elsewhere catch up from the registry when they reconnect or re-sync).
     pub(crate) fn relay(&self, message: Outgoing) -> bool {
-        self.relay
-            .get()
-            .is_some_and(|relay| relay.send(message).is_ok())
+        let Some(relay) = self.relay.get() else {
+            return false;
+        };
+        match relay.try_send(message) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!("the event relay is full; an event was not sent to other processes");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Hands `message` to the relay, waiting while it is full (for messages that must not be
+    /// dropped, such as a cancel request); false if no relay is attached or it stopped.
+    pub(crate) async fn relay_surely(&self, message: Outgoing) -> bool {
+        match self.relay.get() {
+            Some(relay) => relay.send(message).await.is_ok(),
+            None => false,
+        }
     }
 
     /// Starts watching a topic. Events published from now on are received in order. On a
-    /// closed hub the receiver reports `Closed` at once.
-    pub fn subscribe(&self, topic: Topic) -> broadcast::Receiver<JobEvent> {
+    /// closed hub the subscription reports `Closed` at once.
+    pub fn subscribe(&self, topic: Topic) -> Subscription {
         let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
-        match topics.as_mut() {
+        let receiver = match topics.as_mut() {
             Some(topics) => {
                 let capacity = match topic {
                     Topic::Job(_) => JOB_CHANNEL_CAPACITY,
                     Topic::Owner(_) => OWNER_CHANNEL_CAPACITY,
                 };
                 topics
-                    .entry(topic)
+                    .entry(topic.clone())
                     .or_insert_with(|| broadcast::channel(capacity).0)
                     .subscribe()
             }
             None => broadcast::channel(1).1,
+        };
+        Subscription {
+            receiver,
+            topic,
+            topics: Arc::downgrade(&self.topics),
         }
     }
 
@@ -249,13 +315,27 @@ mod tests {
     }
 
     #[test]
-    fn channels_are_dropped_when_nobody_listens() {
+    fn channels_are_dropped_with_their_last_subscription() {
         let hub = Hub::new();
         let job = job("alice");
-        let receiver = hub.subscribe(Topic::Job(job.id));
-        assert_eq!(hub.topic_count(), 1);
-        drop(receiver);
-        hub.job_changed(job);
+        let first = hub.subscribe(Topic::Job(job.id));
+        let second = hub.subscribe(Topic::Job(job.id));
+        let owner = hub.subscribe(Topic::Owner(Owner("alice".into())));
+        assert_eq!(hub.topic_count(), 2);
+        drop(first);
+        assert_eq!(hub.topic_count(), 2, "the job topic still has a watcher");
+        drop(second);
+        assert_eq!(
+            hub.topic_count(),
+            1,
+            "nothing publishes, yet the topic is gone"
+        );
+        drop(owner);
+        assert_eq!(hub.topic_count(), 0);
+        // Many watches that come and go leave nothing behind.
+        for _ in 0..1_000 {
+            drop(hub.subscribe(Topic::Owner(Owner(ulid::Ulid::generate().to_string()))));
+        }
         assert_eq!(hub.topic_count(), 0);
     }
 

@@ -7,6 +7,7 @@ pub mod files;
 pub mod hub;
 pub mod kinds;
 mod lifecycle;
+pub mod limits;
 pub mod model;
 pub mod queue;
 pub mod registry;
@@ -17,7 +18,7 @@ pub mod testing;
 pub mod worker;
 
 pub use files::{Files, StoredUpload, UploadId, UploadMeta};
-pub use hub::{Hub, JobEvent, Shared, Topic};
+pub use hub::{Hub, JobEvent, Shared, Subscription, Topic};
 pub use kinds::{
     FormFields, InvalidInput, JobError, JobKind, Kinds, RetryPolicy, SubmitContext, form_delay,
 };
@@ -31,7 +32,6 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::sync::broadcast;
 
 /// Where the engine keeps its data and how it runs jobs.
 #[derive(Debug, Clone)]
@@ -79,6 +79,11 @@ pub enum EngineError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "the data dir {path} is in use by another errand process ({holder}); one process owns \
+         a SQLite data dir: stop that process or choose another --data-dir"
+    )]
+    Locked { path: PathBuf, holder: String },
     #[error("worker failed: {0}")]
     Worker(String),
     #[error("file storage error: {0}")]
@@ -88,6 +93,56 @@ pub enum EngineError {
          set the database URL to postgres://…"
     )]
     Unshared,
+}
+
+/// The data dirs whose lock this process holds. Opening an engine again on one of them in the
+/// same process (a restart in a test, an application embedding the engine) shares the lock
+/// instead of failing against itself; other processes are refused.
+static LOCKS_HELD: std::sync::Mutex<Vec<(PathBuf, Weak<std::fs::File>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Takes `<data dir>/errand.lock` for this process (released when the process ends, however it
+/// ends) and writes the process id into it; fails with [`EngineError::Locked`], naming the
+/// holder, when another process has it.
+fn lock_data_dir(dir: &std::path::Path) -> Result<Arc<std::fs::File>, EngineError> {
+    use std::io::{Seek, Write};
+    let path = dir.canonicalize()?.join("errand.lock");
+    let mut held = LOCKS_HELD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    held.retain(|(_, file)| file.strong_count() > 0);
+    if let Some(file) = held
+        .iter()
+        .find(|(held, _)| *held == path)
+        .and_then(|(_, file)| file.upgrade())
+    {
+        return Ok(file);
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0)?;
+            file.rewind()?;
+            write!(file, "pid {}", std::process::id())?;
+            let file = Arc::new(file);
+            held.push((path, Arc::downgrade(&file)));
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = match holder.trim() {
+                "" => "process id unknown".to_owned(),
+                pid => pid.to_owned(),
+            };
+            Err(EngineError::Locked { path, holder })
+        }
+        Err(std::fs::TryLockError::Error(err)) => Err(err.into()),
+    }
 }
 
 /// Why a submission made no job.
@@ -166,6 +221,8 @@ struct Inner {
     running: worker::Running,
     /// One permit per core, held by handlers while they do heavy synchronous work.
     cpu_slots: Arc<tokio::sync::Semaphore>,
+    /// The data dir's lock, held while the engine is open when the registry is SQLite.
+    _lock: Option<Arc<std::fs::File>>,
 }
 
 impl Engine {
@@ -181,6 +238,12 @@ impl Engine {
             path: config.data_dir.clone(),
             source,
         })?;
+        // Only one process may run the jobs of a SQLite registry: a second one would run the
+        // first one's jobs as if they were a crash's leftovers.
+        let lock = match config.database_url.as_deref() {
+            Some(url) if db::is_postgres(url) => None,
+            _ => Some(lock_data_dir(&config.data_dir)?),
+        };
         let registry = match &config.database_url {
             Some(url) => Registry::connect(url).await?,
             None => Registry::open(&config.data_dir.join("errand.db")).await?,
@@ -192,6 +255,7 @@ impl Engine {
         if queue.is_shared() && registry.postgres().is_none() {
             return Err(EngineError::Unshared);
         }
+
         let files = Files::open(config.data_dir.join("files"))?;
         let engine = Self {
             inner: Arc::new(Inner {
@@ -206,6 +270,7 @@ impl Engine {
                 cpu_slots: Arc::new(tokio::sync::Semaphore::new(
                     std::thread::available_parallelism().map_or(2, |n| n.get()),
                 )),
+                _lock: lock,
             }),
         };
         // Processes sharing the jobs share their live events too: over Redis when the queue is
@@ -306,8 +371,18 @@ impl Engine {
         self.enqueue(job).await
     }
 
-    /// Records a new job and pushes its first delivery.
+    /// Records a new job and pushes its first delivery. This runs to its end even when the
+    /// caller stops waiting (an HTTP request whose client disconnected is dropped mid-way), so a
+    /// dropped request cannot leave a recorded job unpushed; a crash in between is repaired by
+    /// the reconciler (see `Engine::reconcile`).
     async fn enqueue(&self, job: Job) -> Result<Submitted, SubmitError> {
+        let engine = self.clone();
+        tokio::spawn(async move { engine.enqueue_now(job).await })
+            .await
+            .map_err(|err| EngineError::Worker(format!("the submit task failed: {err}")))?
+    }
+
+    async fn enqueue_now(&self, job: Job) -> Result<Submitted, SubmitError> {
         if let Some(existing) = self
             .registry()
             .insert(&job)
@@ -369,7 +444,7 @@ impl Engine {
 
     /// Watches a job or an owner's jobs. Subscribe before reading a snapshot so no change is
     /// missed in between.
-    pub fn subscribe(&self, topic: Topic) -> broadcast::Receiver<JobEvent> {
+    pub fn subscribe(&self, topic: Topic) -> Subscription {
         self.hub().subscribe(topic)
     }
 }

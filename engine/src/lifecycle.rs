@@ -78,7 +78,7 @@ impl Engine {
         // It started in the meantime (or was running already): signal its handler, here or in
         // the process that runs it.
         if !self.running().cancel(id) {
-            self.hub().relay(relay::Outgoing::Cancel(id));
+            self.hub().relay_surely(relay::Outgoing::Cancel(id)).await;
         }
         match self.job(owner, id).await? {
             Some(job) if job.state.is_terminal() && job.state != JobState::Cancelled => {
@@ -104,13 +104,27 @@ impl Engine {
         }
         self.registry().delete(id).await?;
         self.files().delete_job(id)?;
-        if let Some(upload) = job
-            .params
-            .get("upload")
-            .and_then(|u| u.as_str()?.parse().ok())
+        // The upload goes with the last job that reads it (a retry reads its original's).
+        if let Some(upload) = job.upload()
+            && !self.registry().upload_in_use(upload).await?
+            && let Ok(upload) = upload.parse()
         {
             self.files().delete_upload(upload)?;
         }
         Ok(Some(Ok(())))
+    }
+
+    /// Deletes the uploads made more than `age` ago that no job reads (uploaded and never
+    /// used, or whose jobs were deleted). Returns how many.
+    pub async fn sweep_uploads(&self, age: Duration) -> Result<usize, EngineError> {
+        let before = model::now_ms() - age.as_millis() as i64;
+        let mut swept = 0;
+        for upload in self.files().uploads_before(before)? {
+            if !self.registry().upload_in_use(&upload.to_string()).await? {
+                self.files().delete_upload(upload)?;
+                swept += 1;
+            }
+        }
+        Ok(swept)
     }
 }

@@ -117,6 +117,11 @@ pub struct Job {
 }
 
 impl Job {
+    /// The upload this job reads (its `upload` argument), if any.
+    pub fn upload(&self) -> Option<&str> {
+        self.params.get("upload").and_then(Value::as_str)
+    }
+
     /// A new queued job.
     pub fn new(owner: Owner, kind: &str, params: Value, max_attempts: u32) -> Self {
         Self {

@@ -35,6 +35,12 @@ const MAX_PAYLOAD: usize = 7_900;
 /// How many queued messages one round trip to Postgres sends.
 const BATCH: usize = 256;
 
+/// How many of this process's events may wait for the relay. When it is full (the transport is
+/// down or slower than the events), further events are dropped, not queued without end: live
+/// views in other processes re-read the registry when their stream reconnects or re-syncs, and
+/// what the registry holds is never affected.
+pub(crate) const OUTGOING_CAPACITY: usize = 8_192;
+
 /// What this process tells the others.
 #[derive(Debug, Clone)]
 pub(crate) enum Outgoing {
@@ -107,14 +113,14 @@ impl Message {
 /// Starts relaying `engine`'s events: a sender for this process's events and a listener for
 /// the others'. Both stop once the engine is dropped.
 pub(crate) fn start(engine: &Engine, transport: Transport) {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(OUTGOING_CAPACITY);
     engine.hub().attach_relay(tx);
     tokio::spawn(send(transport.clone(), engine.node().to_owned(), rx));
     tokio::spawn(listen(transport, engine.downgrade()));
 }
 
 /// Sends queued messages in order, a batch per round trip.
-async fn send(transport: Transport, node: String, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+async fn send(transport: Transport, node: String, mut rx: mpsc::Receiver<Outgoing>) {
     let mut redis = None;
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {

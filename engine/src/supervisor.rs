@@ -5,17 +5,20 @@
 use crate::model::now_ms;
 use crate::queue::{self, QueuedJob};
 use crate::registry::Outcome;
-use crate::{Engine, EngineError, Job, JobId, worker};
+use crate::{Engine, EngineError, Job, JobId, JobState, worker};
 use apalis::prelude::*;
 use std::future::Future;
+use std::time::Duration;
 
 /// The last error of a job whose worker died while it ran.
 const WORKER_STOPPED: &str = "the worker running it stopped";
 
-/// Workers not seen since this time (unix ms) are dead.
-fn stale_before() -> i64 {
-    now_ms() - queue::ORPHANED_AFTER.as_millis() as i64
-}
+/// A queued job due this long ago with no task in the queue is pushed again by the reconciler;
+/// an ordinary backlog is much younger or covered by its tasks, which the reconciler checks.
+pub(crate) const STRANDED_AFTER: Duration = Duration::from_secs(30);
+
+/// How many overdue jobs one reconciler pass checks.
+const RECONCILE_BATCH: u32 = 500;
 
 /// Runs an apalis monitor with one worker on `$storage` (woken by the queue's wake-ups) until
 /// `$shutdown` resolves. A macro, not a function: each storage is its own type, and the bounds
@@ -63,17 +66,24 @@ impl Engine {
         self.registry().beat(self.node()).await?;
         // On one node, a job left running can only be a crash's: recover it at once. Where
         // processes share the jobs, only those of a worker that stopped beating.
-        let stale_before = if self.is_shared() {
-            stale_before()
-        } else {
-            i64::MAX
-        };
-        let recovered = self.recover_orphans(stale_before).await?;
+        let silent_for = self.is_shared().then_some(queue::ORPHANED_AFTER);
+        let recovered = self.recover_orphans(silent_for).await?;
         if recovered > 0 {
             tracing::warn!(
                 recovered,
                 "requeued jobs whose worker stopped while they ran"
             );
+        }
+        // A process killed between recording a job and pushing it leaves a job no task covers;
+        // on one node nothing else can be pushing, so look for those at once.
+        if !self.is_shared() {
+            match self.reconcile(Duration::ZERO).await {
+                Ok(0) => {}
+                Ok(repaired) => tracing::warn!(repaired, "pushed queued jobs that had no task"),
+                Err(err) => {
+                    tracing::error!(%err, "could not reconcile the registry with the queue")
+                }
+            }
         }
         let beating = tokio::spawn(self.clone().beat_and_recover());
         let result = match self.queue().storage() {
@@ -83,17 +93,23 @@ impl Engine {
         };
         beating.abort();
         // Jobs still running past the grace period go back to the queue for the next start or
-        // another worker; the attempt they were on counts.
+        // another worker; the attempt they were on counts (a last attempt fails instead). One
+        // job's storage error does not keep the others from being taken back.
         for (id, delivery) in self.running().jobs() {
-            self.requeue_now(id, delivery, "the worker stopped before the job finished")
-                .await?;
+            let why = "the worker stopped before the job finished";
+            if let Err(err) = self.take_back_by_id(id, delivery, why).await {
+                tracing::error!(job_id = %id, %err, "could not take back a running job at stop");
+            }
         }
-        self.registry().forget_workers(self.node(), 0).await?;
+        if let Err(err) = self.registry().forget_workers(self.node(), None).await {
+            tracing::error!(%err, "could not remove this worker's heartbeat");
+        }
         result
     }
 
-    /// Tells the other workers this one is alive and, where processes share the jobs, takes
-    /// back the jobs of workers that stopped beating. Runs until aborted.
+    /// Tells the other workers this one is alive, reconciles the registry with the queue and,
+    /// where processes share the jobs, takes back the jobs of workers that stopped beating.
+    /// Runs until aborted.
     async fn beat_and_recover(self) {
         let mut every = tokio::time::interval(queue::HEARTBEAT);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -103,44 +119,98 @@ impl Engine {
                 tracing::error!(%err, "could not record this worker's heartbeat");
                 continue;
             }
+            if let Err(err) = self.reconcile(STRANDED_AFTER).await {
+                tracing::error!(%err, "could not reconcile the registry with the queue");
+            }
             if !self.is_shared() {
                 continue;
             }
-            let stale_before = stale_before();
-            match self.recover_orphans(stale_before).await {
+            let silent_for = Some(queue::ORPHANED_AFTER);
+            match self.recover_orphans(silent_for).await {
                 Ok(0) => {}
                 Ok(recovered) => tracing::warn!(recovered, "requeued jobs of a stopped worker"),
                 Err(err) => tracing::error!(%err, "could not recover a stopped worker's jobs"),
             }
-            if let Err(err) = self.registry().forget_workers("", stale_before).await {
+            if let Err(err) = self.registry().forget_workers("", silent_for).await {
                 tracing::error!(%err, "could not forget stopped workers");
             }
         }
     }
 
+    /// Repairs what a fault can leave between the registry and the queue, which are two
+    /// stores written one after the other:
+    /// - a `queued` job that has been due for `after` and that no task in the queue covers (a
+    ///   push that failed, or a process killed between the insert and the push) is pushed again,
+    ///   under the same task id, so a push that did land is not doubled;
+    /// - a job the registry says this process runs, but which it does not run (the attempt
+    ///   ended and its outcome or requeue was lost), is taken back.
+    ///
+    /// Returns how many jobs it repaired.
+    pub async fn reconcile(&self, after: Duration) -> Result<usize, EngineError> {
+        let before = now_ms() - after.as_millis() as i64;
+        let overdue = self.registry().overdue(before, RECONCILE_BATCH).await?;
+        let missing = self.queue().missing(&overdue).await?;
+        for &(id, delivery, run_at) in &missing {
+            tracing::warn!(job_id = %id, delivery, "a queued job had no task; pushing it again");
+            self.queue().push(id, delivery, run_at).await?;
+        }
+        let mut repaired = missing.len();
+        for job in self.registry().running_on(self.node()).await? {
+            if self.running().runs(job.id, job.delivery) {
+                continue;
+            }
+            tracing::warn!(job_id = %job.id, "a job recorded as running here was not; taking it back");
+            self.take_back(&job, "the attempt was interrupted").await?;
+            repaired += 1;
+        }
+        Ok(repaired)
+    }
+
     /// Puts back in the queue the running jobs whose worker process died, counting the lost
     /// attempt, so they run again (at-least-once); a job that was on its last attempt fails
     /// instead, so a job that kills its worker cannot take down one worker after another. A
-    /// worker counts as dead once it has not beaten since `stale_before` (unix ms); on a single
-    /// node every other worker is dead. Returns how many jobs.
-    async fn recover_orphans(&self, stale_before: i64) -> Result<usize, EngineError> {
-        let orphans = self.registry().orphaned(self.node(), stale_before).await?;
+    /// worker counts as dead once it has been silent for `silent_for` by the database's clock;
+    /// with `None` (a single node) every other worker is dead. Returns how many jobs.
+    async fn recover_orphans(&self, silent_for: Option<Duration>) -> Result<usize, EngineError> {
+        let orphans = self.registry().orphaned(self.node(), silent_for).await?;
         for job in &orphans {
-            let recovered = if job.attempts >= job.max_attempts {
-                let message = format!(
-                    "{WORKER_STOPPED} during its last attempt ({} of {})",
-                    job.attempts, job.max_attempts
-                );
-                self.fail_now(job, message).await
-            } else {
-                self.requeue_now(job.id, job.delivery, WORKER_STOPPED).await
-            };
             // One job's storage error must not leave the others stranded.
-            if let Err(err) = recovered {
+            if let Err(err) = self.take_back(job, WORKER_STOPPED).await {
                 tracing::error!(job_id = %job.id, %err, "could not recover a job");
             }
         }
         Ok(orphans.len())
+    }
+
+    /// Takes back running `job` (that delivery of it), whose attempt ended without an outcome
+    /// (its worker died or stopped, or the attempt was interrupted): it goes back to the queue
+    /// with `why` as its last error, the lost attempt counted, or fails if that attempt was its
+    /// last, so a job that keeps killing its attempts cannot run forever.
+    pub(crate) async fn take_back(&self, job: &Job, why: &str) -> Result<(), EngineError> {
+        if job.attempts >= job.max_attempts {
+            let message = format!(
+                "{why} during its last attempt ({} of {})",
+                job.attempts, job.max_attempts
+            );
+            self.fail_now(job, message).await
+        } else {
+            self.requeue_now(job.id, job.delivery, why).await
+        }
+    }
+
+    /// [`Engine::take_back`] for job `id` if it is still running `delivery`.
+    pub(crate) async fn take_back_by_id(
+        &self,
+        id: JobId,
+        delivery: i64,
+        why: &str,
+    ) -> Result<(), EngineError> {
+        match self.registry().get(id).await? {
+            Some(job) if job.state == JobState::Running && job.delivery == delivery => {
+                self.take_back(&job, why).await
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Ends running `job` (that delivery of it) as failed with `message`.
@@ -162,7 +232,10 @@ impl Engine {
             .requeue(id, delivery, None, Some(why))
             .await?;
         if let Some(queued) = requeued {
-            self.queue().push(id, queued.delivery, None).await?;
+            // Requeued but not pushed: the reconciler pushes it once it is overdue.
+            if let Err(err) = self.queue().push(id, queued.delivery, None).await {
+                tracing::warn!(job_id = %id, %err, "could not push a requeued job; the reconciler will");
+            }
             self.hub().job_changed(queued);
         }
         Ok(())
@@ -179,8 +252,9 @@ async fn run_queued_job(task: QueuedJob, engine: Data<Engine>) -> Result<(), Box
     };
     tracing::error!(job_id = %id, %err, "could not run job");
     let why = "a storage error interrupted the attempt";
-    if let Err(requeue) = engine.requeue_now(id, delivery, why).await {
-        tracing::error!(job_id = %id, err = %requeue, "could not put the job back in the queue");
+    if let Err(err) = engine.take_back_by_id(id, delivery, why).await {
+        // The reconciler takes it back once the registry answers again.
+        tracing::error!(job_id = %id, %err, "could not put the job back in the queue");
     }
     Err(Box::new(err))
 }

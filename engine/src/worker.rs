@@ -6,6 +6,7 @@ use crate::Engine;
 use crate::EngineError;
 use crate::files::Files;
 use crate::kinds::JobError;
+use crate::limits;
 use crate::model::{Job, JobId, LogLine, Owner, now_ms};
 use crate::queue::QueuedJob;
 use crate::registry::Outcome;
@@ -109,8 +110,10 @@ impl JobContext {
         }
     }
 
-    /// Reports the fraction of work done (clamped to 0..=1) and, optionally, a new stage text.
+    /// Reports the fraction of work done (clamped to 0..=1) and, optionally, a new stage text
+    /// (cut to [`limits::MAX_STAGE_BYTES`]).
     pub async fn progress(&self, fraction: f64, stage: Option<String>) {
+        let stage = stage.map(|text| limits::truncate(text, limits::MAX_STAGE_BYTES));
         let job = {
             let mut job = self.job.lock().unwrap_or_else(PoisonError::into_inner);
             job.progress = Some(clamp_progress(fraction));
@@ -139,15 +142,20 @@ impl JobContext {
         self.engine.hub().job_changed(job);
     }
 
-    /// Appends a line to the job's log (the registry keeps the newest 1,000).
+    /// Appends a line to the job's log (cut to [`limits::MAX_LOG_LINE_BYTES`]; the registry
+    /// keeps the newest 1,000). Only this delivery of the job writes: once the job was taken
+    /// back, its lines are dropped, so they cannot overwrite the next attempt's.
     pub async fn log(&self, line: impl Into<String>) {
-        let id = self.job_id();
+        let (id, delivery) = {
+            let job = self.job.lock().unwrap_or_else(PoisonError::into_inner);
+            (job.id, job.delivery)
+        };
         let line = LogLine {
             seq: self.next_log_seq.fetch_add(1, Ordering::Relaxed),
             at: now_ms(),
-            line: line.into(),
+            line: limits::truncate(line.into(), limits::MAX_LOG_LINE_BYTES),
         };
-        if let Err(err) = self.engine.registry().append_log(id, &line).await {
+        if let Err(err) = self.engine.registry().append_log(id, delivery, &line).await {
             tracing::warn!(job_id = %id, %err, "could not save a log line");
         }
         self.engine.hub().job_logged(id, line);
@@ -184,6 +192,13 @@ pub(crate) async fn execute(engine: &Engine, task: QueuedJob) -> Result<(), Engi
         let early = u64::try_from(run_at - now_ms()).unwrap_or(0).min(2_000);
         tokio::time::sleep(Duration::from_millis(early)).await;
     }
+    // Known as running here before the registry says so, and until its outcome (or requeue) is
+    // recorded, so the reconciler never takes back a job this process runs (see
+    // `Engine::reconcile`). A second copy of a delivery already running here is skipped.
+    let Some((_running, cancel)) = RunningHere::start(engine, id, task.delivery) else {
+        tracing::debug!("this delivery already runs here; skipping the copy");
+        return Ok(());
+    };
     let Some(job) = registry.start(id, task.delivery, engine.node()).await? else {
         tracing::debug!("stale delivery, or the job is finished or gone; skipping");
         return Ok(());
@@ -198,7 +213,6 @@ pub(crate) async fn execute(engine: &Engine, task: QueuedJob) -> Result<(), Engi
     } else {
         0
     };
-    let cancel = engine.running().start(id, job.delivery);
     let ctx = JobContext::new(engine.clone(), job.clone(), last_seq, cancel);
     let run =
         AssertUnwindSafe(engine.kinds().run(&job.kind, job.params.clone(), &ctx)).catch_unwind();
@@ -210,12 +224,16 @@ pub(crate) async fn execute(engine: &Engine, task: QueuedJob) -> Result<(), Engi
         Ok(Err(panic)) => {
             Attempt::Retryable(format!("the job panicked: {}", panic_message(&*panic)))
         }
-        Ok(Ok(Ok(value))) => Attempt::Succeeded(value),
+        Ok(Ok(Ok(value))) => match serde_json::to_vec(&value).map(|json| json.len()) {
+            Ok(bytes) if bytes > limits::MAX_RESULT_BYTES => {
+                Attempt::Permanent(limits::result_too_large(bytes))
+            }
+            _ => Attempt::Succeeded(value),
+        },
         Ok(Ok(Err(JobError::Cancelled))) => Attempt::Cancelled,
         Ok(Ok(Err(JobError::Permanent(message)))) => Attempt::Permanent(message),
         Ok(Ok(Err(JobError::Retryable(message)))) => Attempt::Retryable(message),
     };
-    engine.running().finish(id, job.delivery);
     let cancelled = ctx.is_cancelled();
     let mut last = ctx.snapshot();
 
@@ -239,10 +257,11 @@ pub(crate) async fn execute(engine: &Engine, task: QueuedJob) -> Result<(), Engi
                 .requeue(id, job.delivery, Some(run_at), Some(&message))
                 .await?;
             if let Some(queued) = requeued {
-                engine
-                    .queue()
-                    .push(id, queued.delivery, Some(run_at))
-                    .await?;
+                // A failed push leaves the job queued with no task; the reconciler pushes it
+                // again once it is due (see `Engine::reconcile`).
+                if let Err(err) = engine.queue().push(id, queued.delivery, Some(run_at)).await {
+                    tracing::warn!(%err, "could not push the retry; the reconciler will");
+                }
                 engine.hub().job_changed(queued);
             }
             return Ok(());
@@ -256,7 +275,7 @@ pub(crate) async fn execute(engine: &Engine, task: QueuedJob) -> Result<(), Engi
             Outcome::Failed(message)
         }
     };
-    match registry.finish(&last, &outcome).await? {
+    match record_outcome(engine, &last, outcome).await {
         Some(done) => {
             tracing::debug!(state = done.state.as_str(), "job finished");
             engine.hub().job_changed(done);
@@ -266,47 +285,137 @@ pub(crate) async fn execute(engine: &Engine, task: QueuedJob) -> Result<(), Engi
     Ok(())
 }
 
+/// How long the first retry of a finish that could not be stored waits; each further one waits
+/// twice as long, up to [`FINISH_RETRY_MAX`].
+const FINISH_RETRY_FIRST: Duration = Duration::from_millis(250);
+const FINISH_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Records how `job`'s attempt ended, retrying until it is stored, so a job never stays
+/// `running` because the registry was unreachable when it finished. When the database refuses
+/// the outcome itself (a value too big or otherwise unstorable), retrying cannot help: the job
+/// is recorded as failed with a short message instead. `None` when that delivery of the job
+/// was not running any more.
+async fn record_outcome(engine: &Engine, job: &Job, mut outcome: Outcome) -> Option<Job> {
+    let mut wait = FINISH_RETRY_FIRST;
+    loop {
+        let err = match engine.registry().finish(job, &outcome).await {
+            Ok(done) => return done,
+            Err(err) => err,
+        };
+        if err.is_refusal() && !matches!(&outcome, Outcome::Failed(m) if m == OUTCOME_REFUSED) {
+            tracing::error!(%err, "the registry refused the job's outcome; failing the job");
+            outcome = Outcome::Failed(OUTCOME_REFUSED.to_owned());
+            continue;
+        }
+        tracing::warn!(%err, retry_in = ?wait, "could not record the job's outcome; retrying");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(FINISH_RETRY_MAX);
+    }
+}
+
+/// The error of a job whose outcome the database would not store.
+const OUTCOME_REFUSED: &str = "the job's outcome could not be stored (the database refused it)";
+
+/// A job's entry in this process's [`Running`] table, removed when dropped (on every way out of
+/// [`execute`]).
+struct RunningHere<'a> {
+    engine: &'a Engine,
+    id: JobId,
+    delivery: i64,
+}
+
+impl<'a> RunningHere<'a> {
+    fn start(engine: &'a Engine, id: JobId, delivery: i64) -> Option<(Self, CancellationToken)> {
+        let cancel = engine.running().start(id, delivery)?;
+        let entry = Self {
+            engine,
+            id,
+            delivery,
+        };
+        Some((entry, cancel))
+    }
+}
+
+impl Drop for RunningHere<'_> {
+    fn drop(&mut self) {
+        self.engine.running().finish(self.id, self.delivery);
+    }
+}
+
 /// The jobs this process is running, with the signal that cancels each.
 #[derive(Debug, Default)]
 pub(crate) struct Running {
-    /// Each running job's cancel signal and delivery number.
-    tokens: Mutex<HashMap<JobId, (CancellationToken, i64)>>,
+    /// The cancel signal of each delivery of a job running here. Keyed by delivery too: a
+    /// stale copy of an old delivery that arrives while a newer one runs must not hide it.
+    tokens: Mutex<HashMap<(JobId, i64), CancellationToken>>,
 }
 
 impl Running {
-    fn start(&self, id: JobId, delivery: i64) -> CancellationToken {
-        let token = CancellationToken::new();
-        self.tokens
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, (token.clone(), delivery));
-        token
+    /// Records that `delivery` of job `id` runs here; `None` if it already does.
+    fn start(&self, id: JobId, delivery: i64) -> Option<CancellationToken> {
+        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        match tokens.entry((id, delivery)) {
+            std::collections::hash_map::Entry::Occupied(_) => None,
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                Some(entry.insert(CancellationToken::new()).clone())
+            }
+        }
+    }
+
+    /// True when this process runs `delivery` of job `id` now.
+    pub(crate) fn runs(&self, id: JobId, delivery: i64) -> bool {
+        let tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        tokens.contains_key(&(id, delivery))
     }
 
     /// The jobs running now, with their delivery numbers.
     pub(crate) fn jobs(&self) -> Vec<(JobId, i64)> {
         let tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
-        tokens
-            .iter()
-            .map(|(id, (_, delivery))| (*id, *delivery))
-            .collect()
+        tokens.keys().copied().collect()
     }
 
-    /// Forgets `delivery` of job `id`, unless a later delivery of it runs here now.
+    /// Forgets `delivery` of job `id`.
     fn finish(&self, id: JobId, delivery: i64) {
         let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
-        if tokens
-            .get(&id)
-            .is_some_and(|(_, running)| *running == delivery)
-        {
-            tokens.remove(&id);
-        }
+        tokens.remove(&(id, delivery));
     }
 
-    /// Signals the job to stop; false if this process is not running it.
+    /// Signals the job (every delivery of it running here) to stop; false if this process is
+    /// not running it.
     pub(crate) fn cancel(&self, id: JobId) -> bool {
         let tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
-        tokens.get(&id).map(|(token, _)| token.cancel()).is_some()
+        let mut found = false;
+        for ((job, _), token) in tokens.iter() {
+            if *job == id {
+                token.cancel();
+                found = true;
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod running_tests {
+    use super::*;
+
+    #[test]
+    fn a_stale_copy_of_an_old_delivery_does_not_hide_the_running_one() {
+        let running = Running::default();
+        let id = crate::model::new_job_id();
+        assert!(running.start(id, 2).is_some());
+        assert!(
+            running.start(id, 2).is_none(),
+            "a second copy of the same delivery"
+        );
+        // The stale task of delivery 1 comes and goes (the registry refuses to start it).
+        assert!(running.start(id, 1).is_some());
+        running.finish(id, 1);
+        assert!(running.runs(id, 2), "delivery 2 still runs here");
+        assert_eq!(running.jobs(), [(id, 2)]);
+        assert!(running.cancel(id));
+        running.finish(id, 2);
+        assert!(!running.cancel(id));
     }
 }
 

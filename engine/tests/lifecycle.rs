@@ -65,6 +65,9 @@ conformance!(
     a_backlog_of_20_000_jobs_drains_completely,
     shutdown_lets_running_jobs_finish_in_the_grace_period_and_requeues_the_rest,
     a_job_whose_worker_died_on_its_last_attempt_fails_instead_of_running_again,
+    a_queued_job_that_no_task_covers_is_pushed_again_by_the_reconciler,
+    a_result_over_the_limit_fails_the_job_at_once,
+    a_taken_back_attempt_cannot_write_to_the_log_of_the_next,
 );
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -78,6 +81,9 @@ struct FlakyArgs {
     panic: bool,
     #[serde(default)]
     sleep_ms: u64,
+    /// Succeed with a string result of this many bytes.
+    #[serde(default)]
+    result_bytes: usize,
 }
 
 struct Flaky;
@@ -113,6 +119,9 @@ impl JobKind for Flaky {
             } else {
                 JobError::Retryable(message)
             });
+        }
+        if args.result_bytes > 0 {
+            return Ok(Value::String("r".repeat(args.result_bytes)));
         }
         Ok(json!({ "attempt": attempt }))
     }
@@ -933,4 +942,145 @@ async fn a_job_whose_worker_died_on_its_last_attempt_fails_instead_of_running_ag
     );
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), workers).await;
+}
+
+async fn a_queued_job_that_no_task_covers_is_pushed_again_by_the_reconciler(backend: Backend) {
+    let store = Store::new(backend).await;
+    let engine = open(&store).await;
+    // A job recorded and pushed as usual is covered by its task: nothing to repair.
+    let covered = submit(
+        &engine,
+        "sleep",
+        json!({ "ms": 0 }),
+        SubmitOptions::default(),
+    )
+    .await;
+    assert_eq!(
+        engine.reconcile(Duration::ZERO).await.expect("reconcile"),
+        0
+    );
+    // What a crash between recording and pushing leaves: a queued job and no task.
+    let stranded = Job::new(owner(), "sleep", json!({ "ms": 0 }), 3);
+    assert!(
+        engine
+            .registry()
+            .insert(&stranded)
+            .await
+            .expect("insert")
+            .is_none()
+    );
+    assert_eq!(
+        engine
+            .reconcile(Duration::from_secs(60))
+            .await
+            .expect("reconcile"),
+        0,
+        "too recent"
+    );
+    assert_eq!(
+        engine.reconcile(Duration::ZERO).await.expect("reconcile"),
+        1
+    );
+    assert_eq!(
+        engine.reconcile(Duration::ZERO).await.expect("reconcile"),
+        0,
+        "pushed once, now covered"
+    );
+
+    let (stop, workers) = start_workers(&engine);
+    for id in [covered, stranded.id] {
+        let job = finished(&engine, id).await;
+        assert_eq!(
+            (job.state, job.attempts),
+            (JobState::Succeeded, 1),
+            "{job:?}"
+        );
+    }
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), workers).await;
+}
+
+async fn a_result_over_the_limit_fails_the_job_at_once(backend: Backend) {
+    let app = running(backend).await;
+    let big = errand_engine::limits::MAX_RESULT_BYTES + 1;
+    let id = submit(
+        &app.engine,
+        "flaky",
+        json!({ "result_bytes": big }),
+        SubmitOptions::default(),
+    )
+    .await;
+    let job = finished(&app.engine, id).await;
+    assert_eq!((job.state, job.attempts), (JobState::Failed, 1), "{job:?}");
+    let error = job.error.unwrap_or_default();
+    assert!(error.contains("over the 1024 KiB limit"), "{error}");
+    let fits = submit(
+        &app.engine,
+        "flaky",
+        json!({ "result_bytes": big - 100 }),
+        SubmitOptions::default(),
+    )
+    .await;
+    assert_eq!(finished(&app.engine, fits).await.state, JobState::Succeeded);
+    app.stop().await;
+}
+
+async fn a_taken_back_attempt_cannot_write_to_the_log_of_the_next(backend: Backend) {
+    let store = Store::new(backend).await;
+    let engine = open(&store).await;
+    let job = Job::new(owner(), "sleep", json!({ "ms": 0 }), 3);
+    assert!(
+        engine
+            .registry()
+            .insert(&job)
+            .await
+            .expect("insert")
+            .is_none()
+    );
+    let first = engine
+        .registry()
+        .start(job.id, 1, "w")
+        .await
+        .expect("start");
+    let first = first.expect("started");
+    let line = |seq, text: &str| errand_engine::LogLine {
+        seq,
+        at: now_ms(),
+        line: text.to_owned(),
+    };
+    let registry = engine.registry();
+    registry
+        .append_log(job.id, 1, &line(1, "first attempt"))
+        .await
+        .expect("log");
+    // The first attempt is taken back; the second starts and writes its own line 2.
+    let requeued = registry
+        .requeue(job.id, first.delivery, None, None)
+        .await
+        .expect("requeue");
+    let second = registry
+        .start(job.id, requeued.expect("requeued").delivery, "w")
+        .await;
+    let second = second.expect("start").expect("started");
+    registry
+        .append_log(job.id, second.delivery, &line(2, "second attempt"))
+        .await
+        .expect("log");
+    // The first attempt's handler, still running somewhere, writes late.
+    registry
+        .append_log(job.id, 1, &line(2, "stale"))
+        .await
+        .expect("log");
+    registry
+        .append_log(job.id, 1, &line(3, "stale"))
+        .await
+        .expect("log");
+    let lines: Vec<String> = registry
+        .logs(job.id)
+        .await
+        .expect("logs")
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    assert_eq!(lines, ["first attempt", "second attempt"]);
 }

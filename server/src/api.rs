@@ -366,7 +366,9 @@ async fn job_events(
     use errand_app::wire::event::{JOB, LOG, SNAPSHOT};
 
     let id = parse_id(&id)?;
-    // Subscribe first so nothing that happens after the snapshot is read can be missed.
+    // A request for a job that is not the caller's subscribes to nothing.
+    engine.job(&owner, id).await?.ok_or(ApiError::NotFound)?;
+    // Subscribe before reading the snapshot, so nothing that happens after it can be missed.
     let receiver = engine.subscribe(Topic::Job(id));
     let detail = engine
         .job_with_logs(&owner, id)

@@ -58,6 +58,10 @@ pub struct Config {
     #[arg(long, env = "ERRAND_RETENTION_DAYS", default_value_t = 7.0)]
     pub retention_days: f64,
 
+    /// Seconds an upload no job reads is kept (uploaded and never used, or its jobs deleted).
+    #[arg(long, env = "ERRAND_UPLOAD_TTL", default_value_t = 3600)]
+    pub upload_ttl: u64,
+
     /// Internal IP addresses (comma-separated) that webhook jobs may call despite the rule
     /// against loopback, private and link-local addresses, e.g. `127.0.0.1` for a local receiver.
     #[arg(long, env = "ERRAND_WEBHOOK_ALLOW", value_delimiter = ',')]
@@ -99,6 +103,7 @@ impl Config {
             concurrency: 64,
             shutdown_grace: 5,
             retention_days: 7.0,
+            upload_ttl: 3600,
             webhook_allow: vec![std::net::IpAddr::from([127, 0, 0, 1])],
         }
     }

@@ -37,13 +37,14 @@ pub struct Application {
     engine: Engine,
     role: Role,
     retention: Duration,
+    upload_ttl: Duration,
 }
 
 /// The name cargo-leptos gives the browser build's files (`pkg/errand.<hash>.wasm`).
 const OUTPUT_NAME: &str = "errand";
 
-/// How often finished jobs past their retention are looked for.
-const PURGE_EVERY: Duration = Duration::from_secs(3600);
+/// How often finished jobs past their retention, and uploads past their time, are looked for.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
 
 impl Application {
     /// Opens the engine in the data dir, binds the address and assembles the routes.
@@ -76,6 +77,7 @@ impl Application {
             engine,
             role: config.role,
             retention: Duration::from_secs_f64(config.retention_days.max(0.0) * 86_400.0),
+            upload_ttl: Duration::from_secs(config.upload_ttl),
         })
     }
 
@@ -127,6 +129,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop_rx_for_workers = stop_rx.clone();
         let stopped = move || {
             let mut rx = stop_rx.clone();
             async move {
@@ -139,6 +142,7 @@ impl Application {
             tokio::spawn(purge_periodically(
                 self.engine.clone(),
                 self.retention,
+                self.upload_ttl,
                 stopped(),
             ));
             let engine = self.engine.clone();
@@ -153,21 +157,47 @@ impl Application {
             engine.hub().close();
             let _ = stop_tx.send(true);
         });
-        match self.http {
-            // `into_make_service` shares the routes with every connection; serving the router
-            // itself would rebuild them for each (~30 KB per open connection).
-            Some((listener, router)) => {
-                axum::serve(listener.tap_io(no_delay), router.into_make_service())
-                    .with_graceful_shutdown(stopped())
-                    .await
-                    .context("HTTP server failed")?
+        let http = self.http;
+        let served = async move {
+            match http {
+                // `into_make_service` shares the routes with every connection; serving the
+                // router itself would rebuild them for each (~30 KB per open connection).
+                Some((listener, router)) => {
+                    axum::serve(listener.tap_io(no_delay), router.into_make_service())
+                        .with_graceful_shutdown(stopped())
+                        .await
+                        .context("HTTP server failed")
+                }
+                None => signal.await.context("signal task failed"),
             }
-            None => signal.await.context("signal task failed")?,
+        };
+        let Some(mut workers) = workers else {
+            return served.await;
+        };
+        tokio::pin!(served);
+        tokio::select! {
+            result = &mut served => {
+                result?;
+                workers.await.context("worker task failed")??;
+                Ok(())
+            }
+            ended = &mut workers => {
+                // The worker side ended while HTTP still runs. After a stop request that is its
+                // clean end; otherwise this process would go on taking jobs it never runs, so
+                // it exits with an error instead, for its supervisor to restart it.
+                let stopping = *stop_rx_for_workers.borrow();
+                let reason = match ended {
+                    Ok(Ok(())) => "it stopped".to_owned(),
+                    Ok(Err(err)) => err.to_string(),
+                    Err(err) => err.to_string(),
+                };
+                if stopping && reason == "it stopped" {
+                    return served.await;
+                }
+                tracing::error!(%reason, "the worker side of this process failed; exiting");
+                bail!("the worker side of this process failed: {reason}")
+            }
         }
-        if let Some(workers) = workers {
-            workers.await.context("worker task failed")??;
-        }
-        Ok(())
     }
 }
 
@@ -180,10 +210,12 @@ fn no_delay(connection: &mut tokio::net::TcpStream) {
     }
 }
 
-/// Deletes finished jobs older than `retention`, at start and then every hour, until `stopped`.
+/// Deletes finished jobs older than `retention`, and uploads no job reads older than
+/// `upload_ttl`, at start and then every [`PURGE_EVERY`], until `stopped`.
 async fn purge_periodically(
     engine: Engine,
     retention: Duration,
+    upload_ttl: Duration,
     stopped: impl Future<Output = ()>,
 ) {
     let work = async {
@@ -194,6 +226,11 @@ async fn purge_periodically(
                 Ok(0) => {}
                 Ok(purged) => tracing::info!(purged, "deleted finished jobs past their retention"),
                 Err(err) => tracing::error!(%err, "could not purge finished jobs"),
+            }
+            match engine.sweep_uploads(upload_ttl).await {
+                Ok(0) => {}
+                Ok(swept) => tracing::info!(swept, "deleted uploads no job reads"),
+                Err(err) => tracing::error!(%err, "could not sweep unused uploads"),
             }
         }
     };

@@ -23,6 +23,9 @@ use tower::ServiceExt;
 
 /// Largest request body on the upload routes: the largest upload (100 MB) plus the form.
 const MAX_REQUEST: usize = 101 * 1_000_000;
+/// The most text fields an upload form may carry.
+const MAX_FIELDS: usize = 32;
+
 /// Largest upload the API takes when no kind is named.
 const DEFAULT_MAX_UPLOAD: u64 = 100_000_000;
 /// Largest text field of an upload form.
@@ -156,6 +159,10 @@ async fn read_form(
             if field.file_name().is_none_or(str::is_empty) {
                 continue; // no file chosen
             }
+            if upload.is_some() {
+                // One upload per request: a second file would be stored and never used.
+                return fail(&kind, upload, UploadError::file("send one file per upload"));
+            }
             // Without a kind (the API's plain upload) the largest limit of any kind applies.
             let max = if kind.is_empty() {
                 DEFAULT_MAX_UPLOAD
@@ -190,6 +197,12 @@ async fn read_form(
             };
             if name == "kind" {
                 kind = text;
+            } else if fields.len() >= MAX_FIELDS {
+                let err = UploadError::Invalid {
+                    field: name,
+                    message: format!("is one field too many (at most {MAX_FIELDS})"),
+                };
+                return fail(&kind, upload, err);
             } else {
                 fields.insert(name, text);
             }

@@ -253,6 +253,19 @@ fn push_log(logs: &mut Vec<LogLineView>, line: LogLineView) {
     }
 }
 
+#[cfg(any(feature = "hydrate", test))]
+/// Adds the lines of a re-read snapshot to the page's, keeping lines the snapshot lacks (it may
+/// have been read before they were written), in order, capped like [`push_log`].
+fn merge_logs(logs: &mut Vec<LogLineView>, snapshot: Vec<LogLineView>) {
+    let mut merged: std::collections::BTreeMap<i64, LogLineView> =
+        logs.drain(..).map(|line| (line.seq, line)).collect();
+    for line in snapshot {
+        merged.entry(line.seq).or_insert(line);
+    }
+    let excess = merged.len().saturating_sub(LOG_LINES_SHOWN);
+    logs.extend(merged.into_values().skip(excess));
+}
+
 #[cfg(feature = "hydrate")]
 fn subscribe(job: RwSignal<JobView>, logs: RwSignal<Vec<LogLineView>>) {
     use super::live::{Done, watch};
@@ -261,10 +274,14 @@ fn subscribe(job: RwSignal<JobView>, logs: RwSignal<Vec<LogLineView>>) {
 
     let id = job.get_untracked().id;
     let url = format!("/api/jobs/{id}/events");
+    // A snapshot (a re-sync after the stream lagged, or a poll) may be older than what the page
+    // shows already: it never takes the page back.
     let apply_detail = move |detail: JobDetail| {
         let done = detail.job.state.is_terminal();
-        job.set(detail.job);
-        logs.set(detail.logs);
+        if job.with_untracked(|shown| detail.job.is_not_older_than(shown)) {
+            job.set(detail.job);
+        }
+        logs.update(|logs| merge_logs(logs, detail.logs));
         !done
     };
     let on_event = Rc::new(move |name: &str, data: &str| match name {
@@ -324,6 +341,21 @@ mod tests {
         push_log(&mut many, line(LOG_LINES_SHOWN as i64 + 1));
         assert_eq!(many.len(), LOG_LINES_SHOWN);
         assert_eq!(many.first().map(|l| l.seq), Some(2));
+    }
+
+    #[test]
+    fn a_stale_snapshot_never_removes_lines_the_page_has() {
+        let mut logs: Vec<_> = (1..=30).map(line).collect();
+        merge_logs(&mut logs, (1..=20).map(line).collect());
+        assert_eq!(logs.len(), 30);
+        assert_eq!(logs.last().map(|l| l.seq), Some(30));
+        merge_logs(&mut logs, (25..=40).map(line).collect());
+        let seqs: Vec<i64> = logs.iter().map(|l| l.seq).collect();
+        assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+        let mut full: Vec<_> = (1..=LOG_LINES_SHOWN as i64).map(line).collect();
+        merge_logs(&mut full, vec![line(LOG_LINES_SHOWN as i64 + 5)]);
+        assert_eq!(full.len(), LOG_LINES_SHOWN);
+        assert_eq!(full.last().map(|l| l.seq), Some(LOG_LINES_SHOWN as i64 + 5));
     }
 
     #[test]

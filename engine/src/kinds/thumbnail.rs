@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 pub const MAX_BYTES: u64 = 20_000_000;
 /// Largest image accepted: 50 megapixels.
 pub const MAX_PIXELS: u64 = 50_000_000;
+/// The longest side accepted, in pixels (within the pixel limit, a 1 × 50,000,000 strip would
+/// still be a poor image).
+const MAX_SIDE: u32 = 65_535;
 const DEFAULT_SIZES: [u32; 3] = [128, 512, 1024];
 const SIZE_RANGE: std::ops::RangeInclusive<u32> = 16..=4096;
 const MAX_SIZES: usize = 8;
@@ -169,12 +172,27 @@ fn probe(path: &Path) -> Result<(ImageFormat, (u32, u32)), InvalidInput> {
     Ok((format, (width, height)))
 }
 
+/// The most memory one decode may allocate: a 50-megapixel image at 8 bits per RGBA channel.
+/// An image that needs more (16-bit channels at that size, a forged header) fails its job
+/// instead of taking the server's memory.
+pub const MAX_DECODE_BYTES: u64 = MAX_PIXELS * 4;
+
 fn decode(path: &Path) -> Result<DynamicImage, JobError> {
-    ImageReader::open(path)
+    let mut reader = ImageReader::open(path)
         .and_then(ImageReader::with_guessed_format)
-        .map_err(|e| JobError::Retryable(e.to_string()))?
-        .decode()
-        .map_err(|e| JobError::Permanent(format!("could not decode the image: {e}")))
+        .map_err(|e| JobError::Retryable(e.to_string()))?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    reader.limits(limits);
+    reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => JobError::Permanent(format!(
+            "the image needs more than {} MB of memory to decode, the most a job may use",
+            MAX_DECODE_BYTES / 1_000_000
+        )),
+        e => JobError::Permanent(format!("could not decode the image: {e}")),
+    })
 }
 
 fn format_name(format: ImageFormat) -> &'static str {

@@ -188,12 +188,7 @@ impl Queue {
         delivery: i64,
         run_at: Option<i64>,
     ) -> Result<(), QueueError> {
-        // The first delivery goes under the job's own id; later ones (retries) need their own.
-        let task_id = if delivery == 1 {
-            job_id
-        } else {
-            ulid::Ulid::generate()
-        };
+        let task_id = task_id(job_id, delivery);
         let mut task = TaskBuilder::new(QueuedJob {
             job_id,
             delivery,
@@ -225,6 +220,52 @@ impl Queue {
         }
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// The deliveries among `jobs` (job id, delivery, due time) that no live task in the queue
+    /// covers (see `Engine::reconcile`).
+    pub(crate) async fn missing(
+        &self,
+        jobs: &[(JobId, i64, Option<i64>)],
+    ) -> Result<Vec<(JobId, i64, Option<i64>)>, QueueError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = jobs
+            .iter()
+            .map(|(job, delivery, _)| task_id(*job, *delivery).to_string())
+            .collect();
+        let present: Vec<bool> = match &self.storage {
+            Storage::Sqlite(storage) => storage.persistence().contains(&ids).await?,
+            Storage::Redis(storage) => storage.persistence().contains(&ids).await?,
+            Storage::Postgres(storage) => {
+                // A task apalis-postgres finished or gave up on keeps its row (and id) until
+                // purged: remove those, so that the id can be pushed again.
+                sqlx::query(
+                    "DELETE FROM apalis.jobs WHERE id = ANY($1) AND job_type = $2 \
+                     AND (status IN ('Done', 'Killed') \
+                          OR (status = 'Failed' AND attempts >= max_attempts))",
+                )
+                .bind(&ids)
+                .bind(QUEUE_NAME)
+                .execute(storage.pool())
+                .await?;
+                let live: std::collections::HashSet<String> =
+                    sqlx::query_scalar("SELECT id FROM apalis.jobs WHERE id = ANY($1)")
+                        .bind(&ids)
+                        .fetch_all(storage.pool())
+                        .await?
+                        .into_iter()
+                        .collect();
+                ids.iter().map(|id| live.contains(id)).collect()
+            }
+        };
+        Ok(jobs
+            .iter()
+            .zip(present)
+            .filter(|(_, present)| !present)
+            .map(|(job, _)| *job)
+            .collect())
     }
 
     /// Deletes the queue's records of tasks that finished before `before` (unix ms):
@@ -284,8 +325,40 @@ impl Queue {
     }
 }
 
+/// The id of the task that carries `delivery` of job `job_id`: the job's own id for the first,
+/// and for later ones (retries, recoveries) an id made from both, the same every time, so
+/// pushing one delivery twice (the reconciler after a push that did land) leaves one task.
+pub(crate) fn task_id(job_id: JobId, delivery: i64) -> ulid::Ulid {
+    if delivery == 1 {
+        return job_id;
+    }
+    // Keep the job's time (the SQL storages order by it) and mix the delivery into the random
+    // part with a multiplier that spreads consecutive numbers far apart.
+    let mix = u128::from(delivery as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+    ulid::Ulid::from_parts(job_id.timestamp_ms(), job_id.random() ^ mix)
+}
+
 /// A task with its arguments as JSON bytes, as Errand's own storages keep them.
 fn encode(task: Task<QueuedJob>) -> Result<Task<Vec<u8>>, QueueError> {
     task.try_map_args(|job| serde_json::to_vec(&job))
         .map_err(|e| QueueError::Storage(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_delivery_has_its_own_stable_task_id() {
+        let job = crate::model::new_job_id();
+        assert_eq!(
+            task_id(job, 1),
+            job,
+            "the first delivery goes under the job's id"
+        );
+        let ids: std::collections::HashSet<_> = (1..=1_000).map(|d| task_id(job, d)).collect();
+        assert_eq!(ids.len(), 1_000, "no two deliveries share a task id");
+        assert_eq!(task_id(job, 7), task_id(job, 7));
+        assert_eq!(task_id(job, 7).timestamp_ms(), job.timestamp_ms());
+    }
 }

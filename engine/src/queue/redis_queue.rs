@@ -162,6 +162,15 @@ impl RedisQueue {
         &self.keys.events
     }
 
+    /// For each task id, whether the queue holds that task (queued, scheduled or being run).
+    pub(crate) async fn contains(&self, ids: &[String]) -> Result<Vec<bool>, RedisQueueError> {
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hexists(&self.keys.tasks, id);
+        }
+        Ok(pipe.query_async(&mut self.conn.clone()).await?)
+    }
+
     /// How many tasks the queue holds (queued, scheduled or being run).
     pub(crate) async fn task_count(&self) -> Result<u64, RedisQueueError> {
         let count: u64 = self.conn.clone().hlen(&self.keys.tasks).await?;

@@ -27,6 +27,10 @@ pub(crate) const BATCH: usize = 32;
 /// The most rows one `INSERT` carries (SQLite allows 32,766 parameters; a row takes three).
 const PUSH_ROWS: usize = 1_000;
 
+/// How many pushes may wait for the group commit; when full, pushers wait for room
+/// (back-pressure: a push must not be lost).
+const PUSHES_WAITING: usize = 4_096;
+
 /// A failure of the SQLite queue.
 #[derive(Debug, thiserror::Error)]
 pub enum SqliteQueueError {
@@ -51,7 +55,7 @@ type Row = (String, Vec<u8>, i64);
 #[derive(Clone)]
 pub(crate) struct SqliteQueue {
     pool: SqlitePool,
-    writer: mpsc::UnboundedSender<Pending>,
+    writer: mpsc::Sender<Pending>,
     /// Keeps the writer running while any handle lives.
     _writer: Arc<tokio::task::JoinHandle<()>>,
 }
@@ -79,13 +83,26 @@ impl SqliteQueue {
         )
         .execute(&pool)
         .await?;
-        let (writer, pending) = mpsc::unbounded_channel();
+        let (writer, pending) = mpsc::channel(PUSHES_WAITING);
         let task = tokio::spawn(write(pool.clone(), pending));
         Ok(Self {
             pool,
             writer,
             _writer: Arc::new(task),
         })
+    }
+
+    /// For each task id, whether the queue holds that task (waiting or fetched).
+    pub(crate) async fn contains(&self, ids: &[String]) -> Result<Vec<bool>, SqliteQueueError> {
+        let present: std::collections::HashSet<String> = sqlx::query_scalar(
+            "SELECT id FROM errand_tasks WHERE id IN (SELECT value FROM json_each($1))",
+        )
+        .bind(ids_json(ids))
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .collect();
+        Ok(ids.iter().map(|id| present.contains(id)).collect())
     }
 
     /// How many tasks the queue holds (waiting or fetched).
@@ -99,7 +116,7 @@ impl SqliteQueue {
 
 /// The group-commit writer: takes every push that is waiting, writes them in one transaction,
 /// and tells each pusher the outcome.
-async fn write(pool: SqlitePool, mut pending: mpsc::UnboundedReceiver<Pending>) {
+async fn write(pool: SqlitePool, mut pending: mpsc::Receiver<Pending>) {
     let mut batch = Vec::new();
     while pending.recv_many(&mut batch, 4_096).await > 0 {
         let rows: Vec<&Row> = batch.iter().flat_map(|p| &p.rows).collect();
@@ -224,6 +241,7 @@ impl Persistence for SqliteQueue {
         let (done, committed) = oneshot::channel();
         self.writer
             .send(Pending { rows, done })
+            .await
             .map_err(|_| SqliteQueueError::WriterGone)?;
         committed
             .await

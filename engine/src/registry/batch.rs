@@ -14,12 +14,17 @@ use tokio::sync::{mpsc, oneshot};
 /// The most requests one statement carries (well under either database's parameter limit).
 pub(super) const MAX_BATCH: usize = 64;
 
+/// How many requests may wait for the batching task. When it is full, callers wait for room
+/// (back-pressure): these writes must not be lost, and waiting slows the handlers and submits
+/// that make them instead of growing memory.
+const WAITING: usize = 4_096;
+
 type Reply<Resp> = oneshot::Sender<Result<Resp, RegistryError>>;
 
 /// Hands requests to the task that runs them in batches.
 #[derive(Debug)]
 pub(super) struct Batcher<Req, Resp> {
-    requests: mpsc::UnboundedSender<(Req, Reply<Resp>)>,
+    requests: mpsc::Sender<(Req, Reply<Resp>)>,
 }
 
 impl<Req, Resp> Batcher<Req, Resp>
@@ -35,7 +40,7 @@ where
         F: Fn(Vec<Req>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<Resp>, RegistryError>> + Send,
     {
-        let (requests, mut waiting) = mpsc::unbounded_channel::<(Req, Reply<Resp>)>();
+        let (requests, mut waiting) = mpsc::channel::<(Req, Reply<Resp>)>(WAITING);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -62,6 +67,7 @@ where
         let (reply, answer) = oneshot::channel();
         self.requests
             .send((request, reply))
+            .await
             .map_err(|_| RegistryError::WriterStopped)?;
         answer.await.map_err(|_| RegistryError::WriterStopped)?
     }

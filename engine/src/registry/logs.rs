@@ -1,8 +1,22 @@
-//! Job log lines: appended by handlers, the newest [`LOG_LINES_KEPT`] kept per job.
+//! Job log lines: appended by handlers (group-committed like the other hot writes, and only by
+//! the delivery of the job that is running), the newest [`LOG_LINES_KEPT`] kept per job.
 
-use super::{Db, Registry, RegistryError};
+use super::{Db, Registry, RegistryError, Writer, batch};
 use crate::model::{JobId, LOG_LINES_KEPT, LogLine};
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
+
+/// Lines older than the newest [`LOG_LINES_KEPT`] are deleted when a line whose number is a
+/// multiple of this is written, so trimming costs one statement per this many lines; a job
+/// holds at most this many lines beyond the kept ones.
+const TRIM_EVERY: i64 = 100;
+
+/// A request to append a log line, see [`Registry::append_log`].
+#[derive(Debug, Clone)]
+pub(super) struct LogWrite {
+    id: JobId,
+    delivery: i64,
+    line: LogLine,
+}
 
 impl Registry {
     /// The sequence number of a job's newest log line (0 when it has none).
@@ -15,29 +29,20 @@ impl Registry {
         Ok(seq.unwrap_or(0))
     }
 
-    /// Appends a log line and drops lines older than the newest [`LOG_LINES_KEPT`].
-    pub async fn append_log(&self, id: JobId, line: &LogLine) -> Result<(), RegistryError> {
-        let id = id.to_string();
-        on_db!(self, pool => {
-            sqlx::query(
-                "INSERT INTO job_logs (job_id, seq, at, line) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (job_id, seq) DO UPDATE SET at = excluded.at, line = excluded.line",
-            )
-            .bind(&id)
-            .bind(line.seq)
-            .bind(line.at)
-            .bind(&line.line)
-            .execute(pool)
-            .await?;
-            if line.seq > LOG_LINES_KEPT {
-                sqlx::query("DELETE FROM job_logs WHERE job_id = $1 AND seq <= $2")
-                    .bind(&id)
-                    .bind(line.seq - LOG_LINES_KEPT)
-                    .execute(pool)
-                    .await?;
-            }
-        });
-        Ok(())
+    /// Appends a log line of job `id`, unless the job is not running `delivery` any more (it was
+    /// taken back and may run elsewhere: its lines must not overwrite the new attempt's).
+    pub async fn append_log(
+        &self,
+        id: JobId,
+        delivery: i64,
+        line: &LogLine,
+    ) -> Result<(), RegistryError> {
+        let request = LogWrite {
+            id,
+            delivery,
+            line: line.clone(),
+        };
+        self.batches.logs.run(request).await
     }
 
     /// A job's kept log lines, oldest first.
@@ -61,5 +66,48 @@ impl Registry {
         });
         lines.reverse();
         Ok(lines)
+    }
+}
+
+impl Writer {
+    /// [`Registry::append_log`] for many lines in one statement, then the trimming they call for.
+    pub(super) async fn append_logs(
+        &self,
+        requests: Vec<LogWrite>,
+    ) -> Result<Vec<()>, RegistryError> {
+        // `WHERE true` tells SQLite the `ON CONFLICT` belongs to the INSERT, not to a join.
+        let sql = format!(
+            "INSERT INTO job_logs (job_id, seq, at, line) \
+             SELECT t.column1, t.column3, t.column4, t.column5 FROM (VALUES {}) AS t \
+             JOIN jobs ON jobs.id = t.column1 AND jobs.delivery = t.column2 \
+             AND jobs.state = 'running' WHERE true \
+             ON CONFLICT (job_id, seq) DO UPDATE SET at = excluded.at, line = excluded.line",
+            batch::values(requests.len(), 5, 1)
+        );
+        let trims: Vec<(String, i64)> = requests
+            .iter()
+            .filter(|r| r.line.seq > LOG_LINES_KEPT && r.line.seq % TRIM_EVERY == 0)
+            .map(|r| (r.id.to_string(), r.line.seq - LOG_LINES_KEPT))
+            .collect();
+        on_db!(self, pool => {
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
+            for request in &requests {
+                query = query
+                    .bind(request.id.to_string())
+                    .bind(request.delivery)
+                    .bind(request.line.seq)
+                    .bind(request.line.at)
+                    .bind(&request.line.line);
+            }
+            query.execute(pool).await?;
+            for (id, below) in &trims {
+                sqlx::query("DELETE FROM job_logs WHERE job_id = $1 AND seq <= $2")
+                    .bind(id)
+                    .bind(below)
+                    .execute(pool)
+                    .await?;
+            }
+        });
+        Ok(vec![(); requests.len()])
     }
 }

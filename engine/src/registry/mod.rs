@@ -32,6 +32,30 @@ pub enum RegistryError {
     WriterStopped,
 }
 
+impl RegistryError {
+    /// True when the database answered and refused the statement's values (too big, a
+    /// constraint, bad data): trying the same write again would fail the same way. Connection
+    /// losses, time-outs, a busy database and a server shutting down are not refusals.
+    pub fn is_refusal(&self) -> bool {
+        let RegistryError::Database(sqlx::Error::Database(err)) = self else {
+            return false;
+        };
+        let code = err.code().unwrap_or_default();
+        if err
+            .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+            .is_some()
+        {
+            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes, pass; so do
+            // I/O errors (10), a full disk (13) and a database that cannot be opened (14).
+            let primary = code.parse::<i32>().unwrap_or(0) & 0xff;
+            return !matches!(primary, 5 | 6 | 10 | 13 | 14);
+        }
+        // Postgres SQLSTATE classes: 08 connection, 40 serialisation/deadlock, 53 resources,
+        // 57 operator intervention (shutdown), 58 system error; every other class refuses.
+        !matches!(code.get(..2), Some("08" | "40" | "53" | "57" | "58"))
+    }
+}
+
 /// How a job ended, as recorded by [`Registry::finish`].
 #[derive(Debug, Clone)]
 pub enum Outcome {
@@ -109,6 +133,7 @@ struct Batches {
     starts: Batcher<Start, Option<Job>>,
     progress: Batcher<Progress, ()>,
     finishes: Batcher<Finish, Option<Job>>,
+    logs: Batcher<logs::LogWrite, ()>,
 }
 
 /// A request to move a queued job to running, see [`Registry::start`].
@@ -207,6 +232,7 @@ impl Registry {
             starts: writer.batching(|w, batch| async move { w.start_all(batch).await }),
             progress: writer.batching(|w, batch| async move { w.save_progress_all(batch).await }),
             finishes: writer.batching(|w, batch| async move { w.finish_all(batch).await }),
+            logs: writer.batching(|w, batch| async move { w.append_logs(batch).await }),
         };
         Self {
             db,
@@ -323,7 +349,8 @@ impl Registry {
     ) -> Result<Option<Job>, RegistryError> {
         let sql = concat!(
             "UPDATE jobs SET state = 'queued', run_at = $1, error = $2, delivery = delivery + 1, \
-             worker = NULL WHERE id = $3 AND delivery = $4 AND state = 'running' RETURNING ",
+             worker = NULL, queued_at = $5 \
+             WHERE id = $3 AND delivery = $4 AND state = 'running' RETURNING ",
             job_columns!()
         );
         on_db!(self, pool => {
@@ -332,10 +359,46 @@ impl Registry {
                 .bind(error)
                 .bind(id.to_string())
                 .bind(delivery)
+                .bind(now_ms())
                 .fetch_optional(pool)
                 .await?;
             row.map(|row| job_from_row(&row)).transpose()
         })
+    }
+
+    /// Queued jobs that entered the queue before `before` (unix ms) and were due by then: the
+    /// reconciler checks that a task covers each. Oldest first, at most `limit`; each with its
+    /// delivery and due time.
+    pub async fn overdue(
+        &self,
+        before: i64,
+        limit: u32,
+    ) -> Result<Vec<(JobId, i64, Option<i64>)>, RegistryError> {
+        let sql = "SELECT id, delivery, run_at FROM jobs WHERE state = 'queued' \
+                   AND queued_at < $1 AND (run_at IS NULL OR run_at < $1) \
+                   ORDER BY queued_at LIMIT $2";
+        let rows: Vec<(String, i64, Option<i64>)> = on_db!(self, pool => {
+            sqlx::query_as(sql)
+                .bind(before)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter()
+            .map(|(id, delivery, run_at)| {
+                let id = JobId::from_str(&id).map_err(|_| RegistryError::Corrupt(id))?;
+                Ok((id, delivery, run_at))
+            })
+            .collect()
+    }
+
+    /// True when any job (in any state) reads upload `upload`.
+    pub async fn upload_in_use(&self, upload: &str) -> Result<bool, RegistryError> {
+        let sql = "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE upload = $1 LIMIT 1) AS t";
+        let count: i64 = on_db!(self, pool => {
+            sqlx::query_scalar(sql).bind(upload).fetch_one(pool).await?
+        });
+        Ok(count > 0)
     }
 
     /// Finished jobs older than `finished_before` (unix ms), at most `limit`.
@@ -456,10 +519,11 @@ impl Writer {
     async fn insert_all(&self, jobs: Vec<Job>) -> Result<Vec<Option<Job>>, RegistryError> {
         let sql = format!(
             "INSERT INTO jobs (id, owner, kind, params, state, attempts, created_at, \
-             max_attempts, run_at, delivery, retry_of, idempotency_key) VALUES {} \
+             max_attempts, run_at, delivery, retry_of, idempotency_key, queued_at, upload) \
+             VALUES {} \
              ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
              RETURNING id",
-            batch::values(jobs.len(), 12, 1)
+            batch::values(jobs.len(), 14, 1)
         );
         let inserted: Vec<String> = on_db!(self, pool => {
             let mut query = sqlx::query_scalar(AssertSqlSafe(sql.as_str()));
@@ -476,7 +540,9 @@ impl Writer {
                     .bind(job.run_at)
                     .bind(job.delivery)
                     .bind(job.retry_of.map(|id| id.to_string()))
-                    .bind(job.idempotency_key.as_deref());
+                    .bind(job.idempotency_key.as_deref())
+                    .bind(job.created_at)
+                    .bind(job.upload());
             }
             query.fetch_all(pool).await?
         });

@@ -1,10 +1,26 @@
 //! The CSV analysis itself: a streaming pass over the records that keeps only per-column
-//! counters, so memory stays flat however large the file is.
+//! counters, so memory stays flat however large the file is. Every size that input controls
+//! is bounded: a record's length ([`MAX_RECORD_BYTES`], checked as bytes arrive, before the
+//! parser buffers them), the number of columns ([`MAX_COLUMNS`]), the length of a column name
+//! kept ([`MAX_NAME_BYTES`]) and the distinct values remembered ([`MAX_VALUE_BYTES`] each,
+//! [`DISTINCT_BUDGET_BYTES`] in all).
 
 use serde::Serialize;
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{self, Read};
 
+/// The longest record (a line, or several lines inside quotes) accepted: 1 MiB. A longer one
+/// ends the analysis with an error naming its line.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// The most columns a file may have.
+pub const MAX_COLUMNS: usize = 500;
+/// Column names are cut to this many bytes in the report.
+pub const MAX_NAME_BYTES: usize = 200;
+/// Values longer than this are counted but not remembered among the distinct values.
+pub const MAX_VALUE_BYTES: usize = 200;
+/// The bytes of distinct values remembered across all columns; past it, new values are counted
+/// but not remembered (the columns say their distinct count is capped).
+pub const DISTINCT_BUDGET_BYTES: usize = 8 * 1024 * 1024;
 /// Distinct values counted per column before counting stops growing.
 pub const DISTINCT_CAP: usize = 1_000;
 /// Invalid rows listed (all are counted).
@@ -82,7 +98,7 @@ impl Column {
         }
     }
 
-    fn add(&mut self, raw: &str) {
+    fn add(&mut self, raw: &str, budget: &mut usize) {
         let value = raw.trim();
         if value.is_empty() {
             self.empty += 1;
@@ -104,7 +120,11 @@ impl Column {
         self.date &= chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d").is_ok();
         if let Some(n) = self.values.get_mut(value) {
             *n += 1;
-        } else if self.values.len() < DISTINCT_CAP {
+        } else if self.values.len() < DISTINCT_CAP
+            && value.len() <= MAX_VALUE_BYTES
+            && *budget >= value.len()
+        {
+            *budget -= value.len();
             self.values.insert(value.to_owned(), 1);
         } else {
             self.capped = true;
@@ -151,13 +171,19 @@ pub fn analyze<R: Read>(
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .has_headers(false)
-        .from_reader(input);
+        .from_reader(RecordLimit::new(input));
     let mut record = csv::ByteRecord::new();
     let header = match reader.read_byte_record(&mut record) {
         Ok(true) => record.clone(),
         Ok(false) => return Err("the file is empty".into()),
-        Err(err) => return Err(format!("could not read the header: {err}")),
+        Err(err) => return Err(format!("could not read the header: {}", io_message(&err))),
     };
+    if header.len() > MAX_COLUMNS {
+        return Err(format!(
+            "the header has {} columns; at most {MAX_COLUMNS} are supported",
+            header.len()
+        ));
+    }
     let mut columns: Vec<Column> = header
         .iter()
         .enumerate()
@@ -166,12 +192,13 @@ pub fn analyze<R: Read>(
             Column::new(if name.is_empty() {
                 format!("column {}", i + 1)
             } else {
-                name
+                crate::limits::truncate(name, MAX_NAME_BYTES)
             })
         })
         .collect();
     let mut rows = 0_u64;
     let mut invalid = Invalid::default();
+    let mut budget = DISTINCT_BUDGET_BYTES;
 
     loop {
         let read = reader.read_byte_record(&mut record);
@@ -180,8 +207,8 @@ pub fn analyze<R: Read>(
             Ok(false) => break,
             Ok(true) => {}
             Err(err) => {
-                if let csv::ErrorKind::Io(io) = err.kind() {
-                    return Err(format!("could not read the file: {io}"));
+                if let csv::ErrorKind::Io(_) = err.kind() {
+                    return Err(format!("could not read the file: {}", io_message(&err)));
                 }
                 invalid.add(line, err.to_string());
                 continue;
@@ -201,7 +228,7 @@ pub fn analyze<R: Read>(
                 Ok(values) => {
                     rows += 1;
                     for (column, value) in columns.iter_mut().zip(values) {
-                        column.add(value);
+                        column.add(value, &mut budget);
                     }
                 }
                 Err(_) => invalid.add(line, "not valid UTF-8".into()),
@@ -218,6 +245,72 @@ pub fn analyze<R: Read>(
         invalid_count: invalid.count,
         invalid_rows: invalid.listed,
     })
+}
+
+/// The message of a read error: an I/O error's own text (such as [`RecordLimit`]'s), else
+/// the parser's.
+fn io_message(err: &csv::Error) -> String {
+    match err.kind() {
+        csv::ErrorKind::Io(io) => io.to_string(),
+        _ => err.to_string(),
+    }
+}
+
+/// Passes bytes through to the CSV parser and fails the read once a record grows past
+/// [`MAX_RECORD_BYTES`], so the parser never buffers more than that. A record ends at a line
+/// break outside double quotes (a doubled quote inside quotes flips the state twice).
+struct RecordLimit<R> {
+    inner: R,
+    /// Bytes since the last record break.
+    record: usize,
+    quoted: bool,
+    /// 1-based line of the byte being read, and of the current record's first byte.
+    line: u64,
+    start: u64,
+}
+
+impl<R> RecordLimit<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            record: 0,
+            quoted: false,
+            line: 1,
+            start: 1,
+        }
+    }
+}
+
+impl<R: Read> Read for RecordLimit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for &byte in &buf[..n] {
+            match byte {
+                b'"' => self.quoted = !self.quoted,
+                b'\n' => {
+                    self.line += 1;
+                    if !self.quoted {
+                        self.record = 0;
+                        self.start = self.line;
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            self.record += 1;
+            if self.record > MAX_RECORD_BYTES {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the record at line {} is longer than {} KiB, the most a record may be",
+                        self.start,
+                        MAX_RECORD_BYTES / 1024
+                    ),
+                ));
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// Counts invalid rows and keeps the first [`INVALID_LISTED`].
@@ -297,6 +390,47 @@ mod tests {
         assert_eq!(column.distinct, DISTINCT_CAP as u64);
         assert!(column.distinct_capped);
         assert_eq!(column.count, DISTINCT_CAP as u64 + 10);
+    }
+
+    #[test]
+    fn a_record_over_the_limit_is_refused_before_it_is_buffered() {
+        // One header line of 8 MB: the read fails once 1 MiB has passed, naming the line.
+        let mut text = String::from("a,b\n1,2\n\"");
+        text.push_str(&"x\n".repeat(MAX_RECORD_BYTES / 2 + 1));
+        let err = analyze(text.as_bytes(), |_| true).expect_err("too long");
+        assert!(
+            err.contains("record at line 3 is longer than 1024 KiB"),
+            "{err}"
+        );
+        let header = ",".repeat(8_000_000);
+        let err = analyze(header.as_bytes(), |_| true).expect_err("too long");
+        assert!(err.contains("longer than 1024 KiB"), "{err}");
+        // Long quoted fields with line breaks inside, each record under the limit, are fine.
+        let field = "y".repeat(1000);
+        let ok = format!("a\n\"{field}\n{field}\"\n\"z\"\"\"\n");
+        assert_eq!(run(&ok).rows, 2);
+    }
+
+    #[test]
+    fn too_many_columns_is_an_error_and_names_are_cut() {
+        let wide = vec!["c"; MAX_COLUMNS + 1].join(",");
+        let err = analyze(wide.as_bytes(), |_| true).expect_err("too wide");
+        assert_eq!(
+            err,
+            format!("the header has 501 columns; at most {MAX_COLUMNS} are supported")
+        );
+        let long_name = "n".repeat(5_000);
+        let report = run(&format!("{long_name}\n1\n"));
+        assert!(report.columns[0].name.len() <= MAX_NAME_BYTES);
+    }
+
+    #[test]
+    fn long_values_are_counted_but_not_remembered() {
+        let long = "v".repeat(MAX_VALUE_BYTES + 1);
+        let column = &run(&format!("a\n{long}\n{long}\nshort\n")).columns[0];
+        assert_eq!(column.count, 3);
+        assert_eq!(column.distinct, 1);
+        assert!(column.distinct_capped);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod process;
+
 use errand_server::{Application, Config};
 use serde_json::Value;
 use std::path::PathBuf;

@@ -60,6 +60,30 @@ pub struct JobView {
     pub retry_of: Option<String>,
 }
 
+#[cfg(test)]
+impl JobView {
+    /// A `sleep` job in `state` with nothing else set, for tests.
+    pub(crate) fn example(id: &str, state: JobState) -> Self {
+        JobView {
+            id: id.into(),
+            kind: "sleep".into(),
+            params: Value::Null,
+            state,
+            progress: None,
+            stage: None,
+            result: None,
+            error: None,
+            attempts: 0,
+            max_attempts: 1,
+            created_at: String::new(),
+            started_at: None,
+            finished_at: None,
+            run_at: None,
+            retry_of: None,
+        }
+    }
+}
+
 impl JobView {
     /// Progress as a whole percentage, if known.
     pub fn percent(&self) -> Option<u32> {
@@ -135,21 +159,9 @@ mod tests {
 
     fn view(state: JobState, attempts: u32, progress: Option<f64>) -> JobView {
         JobView {
-            id: "j".into(),
-            kind: "sleep".into(),
-            params: Value::Null,
-            state,
-            progress,
-            stage: None,
-            result: None,
-            error: None,
             attempts,
-            max_attempts: 3,
-            created_at: String::new(),
-            started_at: None,
-            finished_at: None,
-            run_at: None,
-            retry_of: None,
+            progress,
+            ..JobView::example("j", state)
         }
     }
 

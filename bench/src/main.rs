@@ -4,6 +4,7 @@
 //! with a fresh data dir, and checks that every job and event it waited for arrived.
 
 mod client;
+mod faults;
 mod scenarios;
 mod server;
 mod stats;
@@ -44,7 +45,7 @@ struct Args {
     workdir: PathBuf,
     #[arg(long, value_enum, default_value = "full")]
     scale: Scale,
-    /// Only these scenarios (numbers 1–8); all when not given.
+    /// Only these scenarios (numbers 1–10); all when not given.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Also write the results as JSON here.
@@ -115,6 +116,12 @@ async fn main() -> anyhow::Result<()> {
     } else {
         (300, 100, 20, 300, 20, 200)
     };
+    // Scenarios 9 and 10: stray event-stream requests, and the bytes of a poison CSV header.
+    let (strays, poison) = if full {
+        (100_000, 99_999_999)
+    } else {
+        (500, 2_000_000)
+    };
 
     let mut rows = Vec::new();
     if pick(1) {
@@ -143,6 +150,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if pick(8) {
         rows.push(scenarios::page_weight(&cx).await?);
+    }
+    if pick(9) {
+        rows.push(faults::stray_streams(&cx, strays).await?);
+    }
+    if pick(10) {
+        rows.push(faults::poison_csv(&cx, poison).await?);
     }
 
     println!("\n| scenario | result |\n|---|---|");

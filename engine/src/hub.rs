@@ -89,7 +89,9 @@ pub struct Hub {
 /// topic's channel is removed from the hub when its last subscription is dropped.
 #[derive(Debug)]
 pub struct Subscription {
-    receiver: broadcast::Receiver<JobEvent>,
+    /// Always `Some` until dropped: released under the hub's lock, so two subscriptions dropped
+    /// at once cannot each see the other and both leave the topic behind.
+    receiver: Option<broadcast::Receiver<JobEvent>>,
     topic: Topic,
     topics: std::sync::Weak<Topics>,
 }
@@ -98,12 +100,18 @@ impl Subscription {
     /// The next event; `Lagged` when this watcher fell so far behind that events were dropped
     /// for it (it should re-read a snapshot), `Closed` once the hub closed.
     pub async fn recv(&mut self) -> Result<JobEvent, RecvError> {
-        self.receiver.recv().await
+        match self.receiver.as_mut() {
+            Some(receiver) => receiver.recv().await,
+            None => Err(RecvError::Closed),
+        }
     }
 
     /// The next event if one is waiting.
     pub fn try_recv(&mut self) -> Result<JobEvent, TryRecvError> {
-        self.receiver.try_recv()
+        match self.receiver.as_mut() {
+            Some(receiver) => receiver.try_recv(),
+            None => Err(TryRecvError::Closed),
+        }
     }
 }
 
@@ -113,10 +121,11 @@ impl Drop for Subscription {
             return;
         };
         let mut topics = topics.lock().unwrap_or_else(PoisonError::into_inner);
+        drop(self.receiver.take());
         if let Some(topics) = topics.as_mut()
-            && let Some(sender) = topics.get(&self.topic)
-            // Only this subscription's receiver is left (it goes right after this).
-            && sender.receiver_count() <= 1
+            && topics
+                .get(&self.topic)
+                .is_some_and(|sender| sender.receiver_count() == 0)
         {
             topics.remove(&self.topic);
         }
@@ -180,7 +189,7 @@ impl Hub {
             None => broadcast::channel(1).1,
         };
         Subscription {
-            receiver,
+            receiver: Some(receiver),
             topic,
             topics: Arc::downgrade(&self.topics),
         }

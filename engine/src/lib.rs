@@ -221,8 +221,10 @@ struct Inner {
     running: worker::Running,
     /// One permit per core, held by handlers while they do heavy synchronous work.
     cpu_slots: Arc<tokio::sync::Semaphore>,
-    /// The data dir's lock, held while the engine is open when the registry is SQLite.
+    /// The data dir's lock, held while the engine is open when any store is SQLite.
     _lock: Option<Arc<std::fs::File>>,
+    /// Where the reconciler's next pass starts (see `Engine::reconcile`).
+    reconcile_from: tokio::sync::Mutex<Option<(i64, JobId)>>,
 }
 
 impl Engine {
@@ -238,11 +240,13 @@ impl Engine {
             path: config.data_dir.clone(),
             source,
         })?;
-        // Only one process may run the jobs of a SQLite registry: a second one would run the
+        // Only one process may use a SQLite registry or queue: a second one would run the
         // first one's jobs as if they were a crash's leftovers.
-        let lock = match config.database_url.as_deref() {
-            Some(url) if db::is_postgres(url) => None,
-            _ => Some(lock_data_dir(&config.data_dir)?),
+        let shared = |url: &Option<String>| url.as_deref().is_some_and(|url| !db::is_sqlite(url));
+        let lock = if shared(&config.database_url) && shared(&config.queue_url) {
+            None
+        } else {
+            Some(lock_data_dir(&config.data_dir)?)
         };
         let registry = match &config.database_url {
             Some(url) => Registry::connect(url).await?,
@@ -271,6 +275,7 @@ impl Engine {
                     std::thread::available_parallelism().map_or(2, |n| n.get()),
                 )),
                 _lock: lock,
+                reconcile_from: tokio::sync::Mutex::new(None),
             }),
         };
         // Processes sharing the jobs share their live events too: over Redis when the queue is

@@ -43,7 +43,7 @@ impl Engine {
     /// Deletes every job that finished more than `age` ago, with its files and its records in
     /// the queue. Returns how many jobs.
     pub async fn purge_finished(&self, age: Duration) -> Result<usize, EngineError> {
-        let cutoff = model::now_ms() - age.as_millis() as i64;
+        let cutoff = model::now_ms().saturating_sub(millis(age));
         self.queue().purge_finished(cutoff).await?;
         let mut purged = 0;
         loop {
@@ -75,11 +75,11 @@ impl Engine {
             self.hub().job_changed(cancelled.clone());
             return Ok(Some(CancelOutcome::Cancelled(Box::new(cancelled))));
         }
-        // It started in the meantime (or was running already): signal its handler, here or in
-        // the process that runs it.
-        if !self.running().cancel(id) {
-            self.hub().relay_surely(relay::Outgoing::Cancel(id)).await;
-        }
+        // It started in the meantime (or was running already): signal its handler, here and in
+        // the other processes (a copy of its task here may be one the registry refuses to
+        // start, while the attempt that counts runs elsewhere).
+        self.running().cancel(id);
+        self.hub().relay_surely(relay::Outgoing::Cancel(id)).await;
         match self.job(owner, id).await? {
             Some(job) if job.state.is_terminal() && job.state != JobState::Cancelled => {
                 Ok(Some(CancelOutcome::AlreadyFinished(job.state)))
@@ -117,7 +117,7 @@ impl Engine {
     /// Deletes the uploads made more than `age` ago that no job reads (uploaded and never
     /// used, or whose jobs were deleted). Returns how many.
     pub async fn sweep_uploads(&self, age: Duration) -> Result<usize, EngineError> {
-        let before = model::now_ms() - age.as_millis() as i64;
+        let before = model::now_ms().saturating_sub(millis(age));
         let mut swept = 0;
         for upload in self.files().uploads_before(before)? {
             if !self.registry().upload_in_use(&upload.to_string()).await? {
@@ -127,4 +127,9 @@ impl Engine {
         }
         Ok(swept)
     }
+}
+
+/// A duration in milliseconds, saturating (a "keep forever" setting must not wrap around).
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }

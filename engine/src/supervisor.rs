@@ -147,21 +147,40 @@ impl Engine {
     ///
     /// Returns how many jobs it repaired.
     pub async fn reconcile(&self, after: Duration) -> Result<usize, EngineError> {
-        let before = now_ms() - after.as_millis() as i64;
-        let overdue = self.registry().overdue(before, RECONCILE_BATCH).await?;
+        let before = now_ms().saturating_sub(after.as_millis() as i64);
+        // Each pass checks the next page of overdue jobs, so a stranded job behind a long
+        // backlog (whose tasks all exist) is reached too; past the last page it starts over.
+        let from = *self.inner.reconcile_from.lock().await;
+        let overdue = self
+            .registry()
+            .overdue(before, from.as_ref(), RECONCILE_BATCH)
+            .await?;
+        *self.inner.reconcile_from.lock().await = match overdue.last() {
+            Some(last) if overdue.len() == RECONCILE_BATCH as usize => {
+                Some((last.queued_at, last.id))
+            }
+            _ => None,
+        };
         let missing = self.queue().missing(&overdue).await?;
-        for &(id, delivery, run_at) in &missing {
-            tracing::warn!(job_id = %id, delivery, "a queued job had no task; pushing it again");
-            self.queue().push(id, delivery, run_at).await?;
+        let mut repaired = 0;
+        for job in &missing {
+            tracing::warn!(job_id = %job.id, "a queued job had no task; pushing it again");
+            // Another process may have pushed it in the meantime (Postgres then refuses the
+            // second copy; elsewhere the copy is skipped as a duplicate): log and go on.
+            match self.queue().push(job.id, job.delivery, job.run_at).await {
+                Ok(()) => repaired += 1,
+                Err(err) => tracing::warn!(job_id = %job.id, %err, "could not push it again"),
+            }
         }
-        let mut repaired = missing.len();
         for job in self.registry().running_on(self.node()).await? {
             if self.running().runs(job.id, job.delivery) {
                 continue;
             }
             tracing::warn!(job_id = %job.id, "a job recorded as running here was not; taking it back");
-            self.take_back(&job, "the attempt was interrupted").await?;
-            repaired += 1;
+            match self.take_back(&job, "the attempt was interrupted").await {
+                Ok(()) => repaired += 1,
+                Err(err) => tracing::error!(job_id = %job.id, %err, "could not take it back"),
+            }
         }
         Ok(repaired)
     }

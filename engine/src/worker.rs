@@ -155,8 +155,14 @@ impl JobContext {
             at: now_ms(),
             line: limits::truncate(line.into(), limits::MAX_LOG_LINE_BYTES),
         };
-        if let Err(err) = self.engine.registry().append_log(id, delivery, &line).await {
-            tracing::warn!(job_id = %id, %err, "could not save a log line");
+        match self.engine.registry().append_log(id, delivery, &line).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(job_id = %id, "the job was taken back; its line is dropped");
+                return;
+            }
+            // Watchers still see it; the registry may miss it.
+            Err(err) => tracing::warn!(job_id = %id, %err, "could not save a log line"),
         }
         self.engine.hub().job_logged(id, line);
     }
@@ -296,15 +302,23 @@ const FINISH_RETRY_MAX: Duration = Duration::from_secs(10);
 /// is recorded as failed with a short message instead. `None` when that delivery of the job
 /// was not running any more.
 async fn record_outcome(engine: &Engine, job: &Job, mut outcome: Outcome) -> Option<Job> {
+    let mut job = job.clone();
     let mut wait = FINISH_RETRY_FIRST;
     loop {
-        let err = match engine.registry().finish(job, &outcome).await {
+        let err = match engine.registry().finish(&job, &outcome).await {
             Ok(done) => return done,
             Err(err) => err,
         };
-        if err.is_refusal() && !matches!(&outcome, Outcome::Failed(m) if m == OUTCOME_REFUSED) {
+        if err.is_refusal() {
+            if matches!(&outcome, Outcome::Failed(m) if m == OUTCOME_REFUSED) {
+                // Even the plainest outcome was refused: leave the job to be taken back (the
+                // reconciler sees it is not running here any more), within its attempts.
+                tracing::error!(%err, "the registry refused even a plain failure; giving up");
+                return None;
+            }
             tracing::error!(%err, "the registry refused the job's outcome; failing the job");
             outcome = Outcome::Failed(OUTCOME_REFUSED.to_owned());
+            job.stage = None;
             continue;
         }
         tracing::warn!(%err, retry_in = ?wait, "could not record the job's outcome; retrying");

@@ -76,7 +76,9 @@ impl Application {
             http,
             engine,
             role: config.role,
-            retention: Duration::from_secs_f64(config.retention_days.max(0.0) * 86_400.0),
+            // An absurdly long retention means "keep for ever", not a panic.
+            retention: Duration::try_from_secs_f64(config.retention_days.max(0.0) * 86_400.0)
+                .unwrap_or(Duration::MAX),
             upload_ttl: Duration::from_secs(config.upload_ttl),
         })
     }
@@ -182,20 +184,24 @@ impl Application {
                 Ok(())
             }
             ended = &mut workers => {
-                // The worker side ended while HTTP still runs. After a stop request that is its
-                // clean end; otherwise this process would go on taking jobs it never runs, so
-                // it exits with an error instead, for its supervisor to restart it.
-                let stopping = *stop_rx_for_workers.borrow();
-                let reason = match ended {
-                    Ok(Ok(())) => "it stopped".to_owned(),
-                    Ok(Err(err)) => err.to_string(),
-                    Err(err) => err.to_string(),
+                let failure = match ended {
+                    Ok(Ok(())) => None,
+                    Ok(Err(err)) => Some(err.to_string()),
+                    Err(err) => Some(err.to_string()),
                 };
-                if stopping && reason == "it stopped" {
-                    return served.await;
+                // After a stop request this is the workers' end: let HTTP drain as well.
+                if *stop_rx_for_workers.borrow() {
+                    served.await?;
+                    return match failure {
+                        Some(reason) => Err(anyhow::anyhow!("the workers failed: {reason}")),
+                        None => Ok(()),
+                    };
                 }
-                tracing::error!(%reason, "the worker side of this process failed; exiting");
-                bail!("the worker side of this process failed: {reason}")
+                // Without one, this process would go on taking jobs it never runs: it exits
+                // with an error instead, for its supervisor to restart it.
+                let reason = failure.unwrap_or_else(|| "they stopped".to_owned());
+                tracing::error!(%reason, "the worker side of this process ended; exiting");
+                bail!("the worker side of this process ended: {reason}")
             }
         }
     }

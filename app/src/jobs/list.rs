@@ -112,23 +112,7 @@ mod tests {
     use crate::wire::JobState;
 
     fn job(id: &str, state: JobState) -> JobView {
-        JobView {
-            id: id.into(),
-            kind: "sleep".into(),
-            params: serde_json::Value::Null,
-            state,
-            progress: None,
-            stage: None,
-            result: None,
-            error: None,
-            attempts: 0,
-            max_attempts: 1,
-            created_at: String::new(),
-            started_at: None,
-            finished_at: None,
-            run_at: None,
-            retry_of: None,
-        }
+        JobView::example(id, state)
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 use crate::db;
 use crate::model::JobId;
+use crate::registry::Overdue;
 use apalis::prelude::*;
 use apalis_core::backend::persistence::Persistence;
 use apalis_postgres::{PgPool, PostgresStorage, Pubsub};
@@ -222,18 +223,15 @@ impl Queue {
         Ok(())
     }
 
-    /// The deliveries among `jobs` (job id, delivery, due time) that no live task in the queue
-    /// covers (see `Engine::reconcile`).
-    pub(crate) async fn missing(
-        &self,
-        jobs: &[(JobId, i64, Option<i64>)],
-    ) -> Result<Vec<(JobId, i64, Option<i64>)>, QueueError> {
+    /// The jobs among `jobs` whose delivery no live task in the queue covers (see
+    /// `Engine::reconcile`).
+    pub(crate) async fn missing(&self, jobs: &[Overdue]) -> Result<Vec<Overdue>, QueueError> {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
         let ids: Vec<String> = jobs
             .iter()
-            .map(|(job, delivery, _)| task_id(*job, *delivery).to_string())
+            .map(|job| task_id(job.id, job.delivery).to_string())
             .collect();
         let present: Vec<bool> = match &self.storage {
             Storage::Sqlite(storage) => storage.persistence().contains(&ids).await?,

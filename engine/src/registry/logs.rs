@@ -4,6 +4,7 @@
 use super::{Db, Registry, RegistryError, Writer, batch};
 use crate::model::{JobId, LOG_LINES_KEPT, LogLine};
 use sqlx::{AssertSqlSafe, Row};
+use std::collections::HashSet;
 
 /// Lines older than the newest [`LOG_LINES_KEPT`] are deleted when a line whose number is a
 /// multiple of this is written, so trimming costs one statement per this many lines; a job
@@ -31,12 +32,13 @@ impl Registry {
 
     /// Appends a log line of job `id`, unless the job is not running `delivery` any more (it was
     /// taken back and may run elsewhere: its lines must not overwrite the new attempt's).
+    /// Returns whether the line was written.
     pub async fn append_log(
         &self,
         id: JobId,
         delivery: i64,
         line: &LogLine,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<bool, RegistryError> {
         let request = LogWrite {
             id,
             delivery,
@@ -74,22 +76,18 @@ impl Writer {
     pub(super) async fn append_logs(
         &self,
         requests: Vec<LogWrite>,
-    ) -> Result<Vec<()>, RegistryError> {
+    ) -> Result<Vec<bool>, RegistryError> {
         // `WHERE true` tells SQLite the `ON CONFLICT` belongs to the INSERT, not to a join.
         let sql = format!(
             "INSERT INTO job_logs (job_id, seq, at, line) \
              SELECT t.column1, t.column3, t.column4, t.column5 FROM (VALUES {}) AS t \
              JOIN jobs ON jobs.id = t.column1 AND jobs.delivery = t.column2 \
              AND jobs.state = 'running' WHERE true \
-             ON CONFLICT (job_id, seq) DO UPDATE SET at = excluded.at, line = excluded.line",
+             ON CONFLICT (job_id, seq) DO UPDATE SET at = excluded.at, line = excluded.line \
+             RETURNING job_id, seq",
             batch::values(requests.len(), 5, 1)
         );
-        let trims: Vec<(String, i64)> = requests
-            .iter()
-            .filter(|r| r.line.seq > LOG_LINES_KEPT && r.line.seq % TRIM_EVERY == 0)
-            .map(|r| (r.id.to_string(), r.line.seq - LOG_LINES_KEPT))
-            .collect();
-        on_db!(self, pool => {
+        let written: HashSet<(String, i64)> = on_db!(self, pool => {
             let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
             for request in &requests {
                 query = query
@@ -99,15 +97,34 @@ impl Writer {
                     .bind(request.line.at)
                     .bind(&request.line.line);
             }
-            query.execute(pool).await?;
-            for (id, below) in &trims {
-                sqlx::query("DELETE FROM job_logs WHERE job_id = $1 AND seq <= $2")
-                    .bind(id)
-                    .bind(below)
+            let rows = query.fetch_all(pool).await?;
+            rows.iter()
+                .map(|row| Ok((row.try_get("job_id")?, row.try_get("seq")?)))
+                .collect::<Result<_, sqlx::Error>>()?
+        });
+        let written: Vec<bool> = requests
+            .iter()
+            .map(|r| written.contains(&(r.id.to_string(), r.line.seq)))
+            .collect();
+        // Trimming too is for the delivery that runs the job only.
+        let trims = requests
+            .iter()
+            .zip(&written)
+            .filter(|(r, written)| **written && r.line.seq > LOG_LINES_KEPT)
+            .filter(|(r, _)| r.line.seq % TRIM_EVERY == 0);
+        for (request, _) in trims {
+            let sql = "DELETE FROM job_logs WHERE job_id = $1 AND seq <= $2 AND EXISTS \
+                       (SELECT 1 FROM jobs WHERE jobs.id = $1 AND jobs.delivery = $3 \
+                       AND jobs.state = 'running')";
+            on_db!(self, pool => {
+                sqlx::query(sql)
+                    .bind(request.id.to_string())
+                    .bind(request.line.seq - LOG_LINES_KEPT)
+                    .bind(request.delivery)
                     .execute(pool)
                     .await?;
-            }
-        });
-        Ok(vec![(); requests.len()])
+            });
+        }
+        Ok(written)
     }
 }

@@ -45,15 +45,27 @@ impl RegistryError {
             .try_downcast_ref::<sqlx::sqlite::SqliteError>()
             .is_some()
         {
-            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes, pass; so do
-            // I/O errors (10), a full disk (13) and a database that cannot be opened (14).
+            // SQLITE_TOOBIG (18), SQLITE_CONSTRAINT (19), SQLITE_MISMATCH (20) and
+            // SQLITE_RANGE (25), with their extended codes; anything else may pass.
             let primary = code.parse::<i32>().unwrap_or(0) & 0xff;
-            return !matches!(primary, 5 | 6 | 10 | 13 | 14);
+            return matches!(primary, 18 | 19 | 20 | 25);
         }
-        // Postgres SQLSTATE classes: 08 connection, 40 serialisation/deadlock, 53 resources,
-        // 57 operator intervention (shutdown), 58 system error; every other class refuses.
-        !matches!(code.get(..2), Some("08" | "40" | "53" | "57" | "58"))
+        // Postgres SQLSTATE classes 22 (data exception), 23 (integrity constraint) and 54
+        // (program limit exceeded); connection losses, fail-overs (25006), lock time-outs and
+        // shutdowns are in other classes and are retried.
+        matches!(code.get(..2), Some("22" | "23" | "54"))
     }
+}
+
+/// A queued job past its time, as the reconciler checks it (see [`Registry::overdue`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overdue {
+    pub id: JobId,
+    pub delivery: i64,
+    /// When it may start (unix ms), if scheduled.
+    pub run_at: Option<i64>,
+    /// When it entered the queue (unix ms).
+    pub queued_at: i64,
 }
 
 /// How a job ended, as recorded by [`Registry::finish`].
@@ -133,7 +145,7 @@ struct Batches {
     starts: Batcher<Start, Option<Job>>,
     progress: Batcher<Progress, ()>,
     finishes: Batcher<Finish, Option<Job>>,
-    logs: Batcher<logs::LogWrite, ()>,
+    logs: Batcher<logs::LogWrite, bool>,
 }
 
 /// A request to move a queued job to running, see [`Registry::start`].
@@ -367,27 +379,38 @@ impl Registry {
     }
 
     /// Queued jobs that entered the queue before `before` (unix ms) and were due by then: the
-    /// reconciler checks that a task covers each. Oldest first, at most `limit`; each with its
-    /// delivery and due time.
+    /// reconciler checks that a task covers each. In the order they were queued, after `from`
+    /// (a page's last `(queued_at, id)`), at most `limit`.
     pub async fn overdue(
         &self,
         before: i64,
+        from: Option<&(i64, JobId)>,
         limit: u32,
-    ) -> Result<Vec<(JobId, i64, Option<i64>)>, RegistryError> {
-        let sql = "SELECT id, delivery, run_at FROM jobs WHERE state = 'queued' \
+    ) -> Result<Vec<Overdue>, RegistryError> {
+        let sql = "SELECT id, delivery, run_at, queued_at FROM jobs WHERE state = 'queued' \
                    AND queued_at < $1 AND (run_at IS NULL OR run_at < $1) \
-                   ORDER BY queued_at LIMIT $2";
-        let rows: Vec<(String, i64, Option<i64>)> = on_db!(self, pool => {
+                   AND (queued_at > $2 OR (queued_at = $2 AND id > $3)) \
+                   ORDER BY queued_at, id LIMIT $4";
+        let (from_at, from_id) =
+            from.map_or((i64::MIN, String::new()), |(at, id)| (*at, id.to_string()));
+        let rows: Vec<(String, i64, Option<i64>, i64)> = on_db!(self, pool => {
             sqlx::query_as(sql)
                 .bind(before)
+                .bind(from_at)
+                .bind(from_id)
                 .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await?
         });
         rows.into_iter()
-            .map(|(id, delivery, run_at)| {
+            .map(|(id, delivery, run_at, queued_at)| {
                 let id = JobId::from_str(&id).map_err(|_| RegistryError::Corrupt(id))?;
-                Ok((id, delivery, run_at))
+                Ok(Overdue {
+                    id,
+                    delivery,
+                    run_at,
+                    queued_at,
+                })
             })
             .collect()
     }

@@ -256,14 +256,28 @@ fn io_message(err: &csv::Error) -> String {
     }
 }
 
+/// Where [`RecordLimit`] is in the CSV syntax, as the parser reads it: a quote opens a quoted
+/// field only at the start of a field (elsewhere it is a plain character), and inside one a
+/// doubled quote is an escaped quote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Syntax {
+    /// At the start of a field.
+    FieldStart,
+    /// Inside an unquoted field.
+    Unquoted,
+    Quoted,
+    /// Just after a quote inside a quoted field: the field's end, or the first of two quotes.
+    QuoteInQuoted,
+}
+
 /// Passes bytes through to the CSV parser and fails the read once a record grows past
 /// [`MAX_RECORD_BYTES`], so the parser never buffers more than that. A record ends at a line
-/// break outside double quotes (a doubled quote inside quotes flips the state twice).
+/// break (`\n` or `\r`) outside a quoted field.
 struct RecordLimit<R> {
     inner: R,
     /// Bytes since the last record break.
     record: usize,
-    quoted: bool,
+    syntax: Syntax,
     /// 1-based line of the byte being read, and of the current record's first byte.
     line: u64,
     start: u64,
@@ -274,7 +288,7 @@ impl<R> RecordLimit<R> {
         Self {
             inner,
             record: 0,
-            quoted: false,
+            syntax: Syntax::FieldStart,
             line: 1,
             start: 1,
         }
@@ -285,18 +299,23 @@ impl<R: Read> Read for RecordLimit<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         for &byte in &buf[..n] {
-            match byte {
-                b'"' => self.quoted = !self.quoted,
-                b'\n' => {
-                    self.line += 1;
-                    if !self.quoted {
-                        self.record = 0;
-                        self.start = self.line;
-                        continue;
-                    }
-                }
-                _ => {}
+            if byte == b'\n' {
+                self.line += 1;
             }
+            if matches!(byte, b'\n' | b'\r') && self.syntax != Syntax::Quoted {
+                self.record = 0;
+                self.start = self.line;
+                self.syntax = Syntax::FieldStart;
+                continue;
+            }
+            self.syntax = match (self.syntax, byte) {
+                (Syntax::Quoted, b'"') => Syntax::QuoteInQuoted,
+                (Syntax::Quoted, _) => Syntax::Quoted,
+                // A second quote right after one is an escaped quote: still inside.
+                (Syntax::QuoteInQuoted | Syntax::FieldStart, b'"') => Syntax::Quoted,
+                (_, b',') => Syntax::FieldStart,
+                _ => Syntax::Unquoted,
+            };
             self.record += 1;
             if self.record > MAX_RECORD_BYTES {
                 return Err(io::Error::new(
@@ -409,6 +428,22 @@ mod tests {
         let field = "y".repeat(1000);
         let ok = format!("a\n\"{field}\n{field}\"\n\"z\"\"\"\n");
         assert_eq!(run(&ok).rows, 2);
+    }
+
+    #[test]
+    fn quotes_inside_unquoted_fields_and_cr_line_ends_do_not_count_as_one_record() {
+        // `55"` is a plain character in an unquoted field, as the parser reads it; with the
+        // quote taken as opening a field, the rest of this 2 MB file would be one record.
+        let mut text = String::from("name,size\r\nTV 55\",1\r\n");
+        text.push_str(&"lamp,2\r\n".repeat(300_000));
+        assert_eq!(run(&text).rows, 300_001);
+        let mut old_mac = String::from("a,b\r");
+        old_mac.push_str(&"1,2\r".repeat(300_000));
+        assert_eq!(run(&old_mac).rows, 300_000);
+        // A doubled quote inside quotes does not end the field: the line break after it is
+        // inside the field, and the record keeps counting.
+        let escaped = format!("a\n\"x\"\"{}\"\n", "\n".repeat(MAX_RECORD_BYTES + 1));
+        assert!(analyze(escaped.as_bytes(), |_| true).is_err());
     }
 
     #[test]

@@ -361,6 +361,7 @@ impl Drop for RunningHere<'_> {
 pub(crate) struct Running {
     /// The cancel signal of each delivery of a job running here. Keyed by delivery too: a
     /// stale copy of an old delivery that arrives while a newer one runs must not hide it.
+    /// Bounded by the worker's concurrency: an entry lives only while apalis runs its task.
     tokens: Mutex<HashMap<(JobId, i64), CancellationToken>>,
 }
 

@@ -20,10 +20,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 
 /// One scenario at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
+
+/// The scenario lock, a fresh data dir and `errand serve` on it (restart it on the same dir
+/// with `start(dir.path(), server.client.http.clone())`, which keeps the browser session).
+async fn serve_fresh() -> (MutexGuard<'static, ()>, tempfile::TempDir, Server) {
+    let serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let server = start(dir.path(), browser()).await;
+    (serial, dir, server)
+}
 
 /// What became of the jobs a scenario submitted.
 #[derive(Debug, Default)]
@@ -162,10 +171,8 @@ fn memory_mb(pid: u32) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_while_64_clients_submit_loses_nothing() {
-    let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let http = browser();
-    let mut server = start(dir.path(), http.clone()).await;
+    let (_serial, dir, mut server) = serve_fresh().await;
+    let http = server.client.http.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = submitters(&server.client, 64, &stop);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -190,9 +197,7 @@ async fn kill_9_while_64_clients_submit_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_submits_cut_off_at_random_points_strand_no_job() {
-    let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let server = start(dir.path(), browser()).await;
+    let (_serial, _dir, server) = serve_fresh().await;
     // One session for all: its cookie, as a browser would have it.
     let first = reqwest::get(server.client.url("/api/jobs"))
         .await
@@ -421,10 +426,8 @@ fn png_bomb() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poison_inputs_fail_their_jobs_and_the_server_stays_small() {
-    let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let http = browser();
-    let server = start(dir.path(), http.clone()).await;
+    let (_serial, dir, server) = serve_fresh().await;
+    let http = server.client.http.clone();
     let client = server.client.clone();
 
     let mut poisons = Vec::new();
@@ -490,9 +493,7 @@ async fn poison_inputs_fail_their_jobs_and_the_server_stays_small() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_of_event_stream_requests_leaves_no_memory_behind() {
-    let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let server = start(dir.path(), browser()).await;
+    let (_serial, _dir, server) = serve_fresh().await;
     let pid = server.child.id();
     let flood = |count: usize| {
         let base = server.client.base.clone();
@@ -544,9 +545,7 @@ async fn a_flood_of_event_stream_requests_leaves_no_memory_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_second_process_on_the_same_data_dir_is_refused() {
-    let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let server: Server = start(dir.path(), browser()).await;
+    let (_serial, dir, server) = serve_fresh().await;
     let port = common::process::free_port().to_string();
     let output = Command::new(env!("CARGO_BIN_EXE_errand"))
         .arg("--data-dir")

@@ -16,6 +16,10 @@ pub enum AppError {
     /// No such job for this browser.
     #[error("not found")]
     NotFound,
+    /// A limit on requests or on unfinished jobs was reached; the message says which and when
+    /// to try again.
+    #[error("{0}")]
+    Limited(String),
     /// Something failed on the server; details are in its log.
     #[error("something went wrong on the server; please try again")]
     Internal,
@@ -51,6 +55,21 @@ impl FromServerFnError for AppError {
     type Encoder = JsonEncoding;
 
     fn from_server_fn_error(value: ServerFnErrorErr) -> Self {
+        // On the server, a body the function cannot read is the client's mistake: 400, not 500.
+        #[cfg(feature = "ssr")]
+        if matches!(
+            value,
+            ServerFnErrorErr::Args(_)
+                | ServerFnErrorErr::MissingArg(_)
+                | ServerFnErrorErr::Deserialization(_)
+                | ServerFnErrorErr::Request(_)
+        ) {
+            crate::server::set_error_status(axum::http::StatusCode::BAD_REQUEST);
+            return AppError::Invalid {
+                field: None,
+                message: format!("the request could not be read: {value}"),
+            };
+        }
         AppError::Transport(value.to_string())
     }
 }

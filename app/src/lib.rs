@@ -19,6 +19,8 @@ pub use not_found::NotFound;
 /// The HTML document around the app, rendered by the server; `stylesheet` is the address of
 /// this build's CSS (its name carries a hash).
 pub fn shell(options: LeptosOptions, stylesheet: std::sync::Arc<str>) -> impl IntoView {
+    #[cfg(feature = "ssr")]
+    server::set_page_policy();
     view! {
         <!DOCTYPE html>
         <html lang="en">

@@ -33,6 +33,38 @@ pub fn invalid(err: errand_engine::InvalidInput) -> AppError {
     }
 }
 
+/// No such job for this session (404).
+pub fn not_found() -> AppError {
+    set_error_status(axum::http::StatusCode::NOT_FOUND);
+    AppError::NotFound
+}
+
+/// A request that cannot be done in the job's current state (409), or with an input that is
+/// not a field of the form (400 with `field`).
+pub fn refused(status: axum::http::StatusCode, field: Option<&str>, message: String) -> AppError {
+    set_error_status(status);
+    AppError::Invalid {
+        field: field.map(str::to_owned),
+        message,
+    }
+}
+
+/// A submit refused by a limit (429): the owner's quota of unfinished jobs.
+pub fn limited(message: String) -> AppError {
+    set_error_status(axum::http::StatusCode::TOO_MANY_REQUESTS);
+    AppError::Limited(message)
+}
+
+/// What a person sees when a submit is refused: bad input (400), a quota (429) or a failure.
+pub fn submit_error(err: errand_engine::SubmitError) -> AppError {
+    use errand_engine::SubmitError;
+    match err {
+        SubmitError::Invalid(err) => invalid(err),
+        over @ SubmitError::OverQuota(_) => limited(over.to_string()),
+        SubmitError::Engine(err) => internal(err),
+    }
+}
+
 /// Logs a storage failure and turns it into the error a person sees.
 pub fn internal(err: impl std::fmt::Display) -> AppError {
     tracing::error!(%err, "server function failed");
@@ -59,6 +91,28 @@ pub fn set_error_status(status: axum::http::StatusCode) {
 pub fn set_status(status: axum::http::StatusCode) {
     if let Some(response) = use_context::<leptos_axum::ResponseOptions>() {
         response.set_status(status);
+    }
+}
+
+/// The Content-Security-Policy of a page: its own scripts, the WASM they instantiate and the
+/// inline hydration script carrying this response's `nonce`; its own stylesheet and images;
+/// requests only to itself; no plugins, no `<base>`, no framing, forms only to itself.
+pub fn page_policy(nonce: &str) -> String {
+    format!(
+        "default-src 'self'; script-src 'self' 'wasm-unsafe-eval' 'nonce-{nonce}'; \
+         style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; \
+         base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+    )
+}
+
+/// Sets [`page_policy`] on the page being rendered, with the nonce Leptos gives its scripts.
+pub fn set_page_policy() {
+    let nonce = leptos::nonce::use_nonce();
+    let response = use_context::<leptos_axum::ResponseOptions>();
+    if let (Some(nonce), Some(response)) = (nonce, response)
+        && let Ok(value) = axum::http::HeaderValue::from_str(&page_policy(&nonce))
+    {
+        response.insert_header(axum::http::header::CONTENT_SECURITY_POLICY, value);
     }
 }
 

@@ -101,6 +101,13 @@ function watchContext(context: BrowserContext, problems: PageProblem[], label: s
   };
   context.pages().forEach(watchPage);
   context.on("page", watchPage);
+  // Chromium reports a Content-Security-Policy violation as a console error already; this
+  // names the directive as well.
+  void context.addInitScript(() => {
+    document.addEventListener("securitypolicyviolation", (event) => {
+      console.error(`CSP violation: ${event.violatedDirective} blocked ${event.blockedURI}`);
+    });
+  });
 }
 
 const FAILED_RESOURCE = /^Failed to load resource: the server responded with a status of (\d{3})\b/;

@@ -92,6 +92,23 @@ impl Files {
         Ok(ids)
     }
 
+    /// The bytes of all of `owner`'s finished uploads. Reads every upload's record: uploads are
+    /// few (rate-limited, swept when unused) and this runs once per upload request.
+    pub fn bytes_of(&self, owner: &Owner) -> io::Result<u64> {
+        let mut total = 0_u64;
+        for entry in std::fs::read_dir(self.root.join("uploads"))? {
+            let Ok(bytes) = std::fs::read(entry?.path().join(META)) else {
+                continue; // unfinished, or deleted meanwhile
+            };
+            if let Ok(meta) = serde_json::from_slice::<UploadMeta>(&bytes)
+                && &meta.owner == owner
+            {
+                total = total.saturating_add(meta.size);
+            }
+        }
+        Ok(total)
+    }
+
     /// Removes an upload and its folder; a missing one is not an error.
     pub fn delete_upload(&self, id: UploadId) -> io::Result<()> {
         remove_dir_if_present(&self.upload_dir(id))
@@ -163,6 +180,34 @@ mod tests {
         files.delete_upload(id)?;
         assert!(files.upload(&alice, id).is_none());
         files.delete_upload(id)?;
+        Ok(())
+    }
+
+    #[test]
+    fn an_owners_stored_bytes_count_only_its_finished_uploads() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let files = Files::open(dir.path())?;
+        let (alice, bob) = (Owner("alice".into()), Owner("bob".into()));
+        let store = |owner: &Owner, size: u64| -> io::Result<UploadId> {
+            let (id, path) = files.begin_upload()?;
+            std::fs::write(path, vec![0; size as usize])?;
+            let meta = UploadMeta {
+                owner: owner.clone(),
+                filename: "f".into(),
+                content_type: None,
+                size,
+            };
+            files.finish_upload(id, &meta)?;
+            Ok(id)
+        };
+        let first = store(&alice, 10)?;
+        store(&alice, 5)?;
+        store(&bob, 7)?;
+        files.begin_upload()?; // not finished: not counted
+        assert_eq!(files.bytes_of(&alice)?, 15);
+        assert_eq!(files.bytes_of(&bob)?, 7);
+        files.delete_upload(first)?;
+        assert_eq!(files.bytes_of(&alice)?, 5);
         Ok(())
     }
 

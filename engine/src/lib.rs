@@ -20,7 +20,8 @@ pub mod worker;
 pub use files::{Files, StoredUpload, UploadId, UploadMeta};
 pub use hub::{Hub, JobEvent, Shared, Subscription, Topic};
 pub use kinds::{
-    FormFields, InvalidInput, JobError, JobKind, Kinds, RetryPolicy, SubmitContext, form_delay,
+    FormFields, InvalidInput, JobError, JobKind, Kinds, MAX_DELAY_MS, RetryPolicy, SubmitContext,
+    form_delay,
 };
 pub use lifecycle::CancelOutcome;
 pub use model::{Job, JobId, JobState, LogLine, Owner, now_ms};
@@ -51,6 +52,9 @@ pub struct EngineConfig {
     /// Where the queue lives (`sqlite://…` or `postgres://…`); `queue.db` in the data dir when
     /// `None`.
     pub queue_url: Option<String>,
+    /// Most jobs one owner may have queued or running; `None` for no quota. Submits check it
+    /// before they insert, so concurrent submits of one owner can pass it by a few.
+    pub max_active_per_owner: Option<u32>,
 }
 
 impl EngineConfig {
@@ -63,6 +67,7 @@ impl EngineConfig {
             webhook_allow: Vec::new(),
             database_url: None,
             queue_url: None,
+            max_active_per_owner: None,
         }
     }
 }
@@ -151,6 +156,13 @@ pub enum SubmitError {
     /// The input was not a valid job; nothing was stored.
     #[error(transparent)]
     Invalid(#[from] InvalidInput),
+    /// The owner already has as many jobs queued or running as its quota allows; nothing was
+    /// stored.
+    #[error(
+        "this session already has {0} jobs queued or running, its limit; \
+         wait for some to finish or cancel some"
+    )]
+    OverQuota(u32),
     /// Storage failed; nothing was queued.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -367,6 +379,16 @@ impl Engine {
             .is_some_and(|at| at > model::now_ms() + kinds::MAX_DELAY_MS)
         {
             return Err(InvalidInput::field("run_at", "must be within 30 days").into());
+        }
+        if let Some(max) = self.inner.config.max_active_per_owner {
+            let active = self
+                .registry()
+                .count_active(owner, max)
+                .await
+                .map_err(EngineError::from)?;
+            if active >= max {
+                return Err(SubmitError::OverQuota(max));
+            }
         }
         let mut job = Job::new(owner.clone(), kind, params, kinds.policy(kind).max_attempts);
         job.idempotency_key = options.idempotency_key;

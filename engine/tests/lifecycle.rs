@@ -68,6 +68,7 @@ conformance!(
     a_queued_job_that_no_task_covers_is_pushed_again_by_the_reconciler,
     a_result_over_the_limit_fails_the_job_at_once,
     a_taken_back_attempt_cannot_write_to_the_log_of_the_next,
+    an_owner_over_its_quota_of_active_jobs_is_refused_until_one_finishes,
 );
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -1083,4 +1084,50 @@ async fn a_taken_back_attempt_cannot_write_to_the_log_of_the_next(backend: Backe
         .map(|l| l.line)
         .collect();
     assert_eq!(lines, ["first attempt", "second attempt"]);
+}
+
+async fn an_owner_over_its_quota_of_active_jobs_is_refused_until_one_finishes(backend: Backend) {
+    let store = Store::new(backend).await;
+    let config = EngineConfig {
+        max_active_per_owner: Some(3),
+        ..store.config()
+    };
+    // No workers: the jobs stay queued.
+    let engine = Engine::open_with_kinds(config, Kinds::builtin(&[]))
+        .await
+        .expect("engine opens");
+    let sleep = || Params::Json(json!({ "ms": 60_000 }));
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let submitted = engine
+            .submit(&owner(), "sleep", sleep(), SubmitOptions::default())
+            .await
+            .expect("within the quota");
+        ids.push(submitted.id);
+    }
+    let refused = engine
+        .submit(&owner(), "sleep", sleep(), SubmitOptions::default())
+        .await
+        .expect_err("over the quota");
+    assert!(
+        matches!(refused, errand_engine::SubmitError::OverQuota(3)),
+        "{refused}"
+    );
+    let listed = engine
+        .list(&errand_engine::JobFilter::owner(owner()), 10, None)
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 3, "a refused submit stores nothing");
+    // Another owner has a quota of its own.
+    let other = Owner("someone else".into());
+    engine
+        .submit(&other, "sleep", sleep(), SubmitOptions::default())
+        .await
+        .expect("another owner's first job");
+    // A finished job no longer counts.
+    engine.cancel(&owner(), ids[0]).await.expect("cancel");
+    engine
+        .submit(&owner(), "sleep", sleep(), SubmitOptions::default())
+        .await
+        .expect("room again after a cancel");
 }

@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router, routing::get};
 use errand_app::server::{detail_view, job_view, list_view, log_view};
 use errand_engine::{
-    CancelOutcome, Engine, EngineError, JobEvent, JobFilter, JobId, Owner, Params, Shared,
-    SubmitError, SubmitOptions, Topic, now_ms,
+    CancelOutcome, Engine, EngineError, JobEvent, JobFilter, JobId, MAX_DELAY_MS, Owner, Params,
+    Shared, SubmitError, SubmitOptions, Topic, now_ms,
 };
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, stream};
@@ -60,6 +60,12 @@ pub enum ApiError {
     TooLarge,
     #[error("{0}")]
     Conflict(String),
+    /// A rate limit or quota; `retry_after` (seconds) when waiting helps by itself.
+    #[error("{message}")]
+    TooMany {
+        message: String,
+        retry_after: Option<u64>,
+    },
     #[error("an internal error occurred")]
     Internal,
 }
@@ -80,17 +86,31 @@ impl IntoResponse for ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let retry_after = match &self {
+            ApiError::TooMany {
+                retry_after: Some(seconds),
+                ..
+            } => Some(*seconds),
+            _ => None,
         };
         let field = match &self {
             ApiError::BadRequest { field, .. } => field.clone(),
             _ => None,
         };
-        (
+        let mut response = (
             status,
             Json(json!({ "error": self.to_string(), "field": field })),
         )
-            .into_response()
+            .into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -113,6 +133,10 @@ impl From<SubmitError> for ApiError {
                         format!("params.{f}")
                     }
                 }),
+            },
+            over @ SubmitError::OverQuota(_) => ApiError::TooMany {
+                message: over.to_string(),
+                retry_after: None,
             },
             SubmitError::Engine(err) => err.into(),
         }
@@ -198,8 +222,15 @@ fn start_time(delay_ms: Option<Value>, run_at: Option<Value>) -> Result<Option<i
             let ms = delay
                 .as_u64()
                 .and_then(|ms| i64::try_from(ms).ok())
+                .filter(|ms| *ms <= MAX_DELAY_MS)
                 .ok_or_else(|| {
-                    ApiError::bad("must be a whole number of milliseconds", Some("delay_ms"))
+                    ApiError::bad(
+                        format!(
+                            "must be a whole number of milliseconds, at most 30 days \
+                             ({MAX_DELAY_MS})"
+                        ),
+                        Some("delay_ms"),
+                    )
                 })?;
             Ok(Some(now_ms() + ms))
         }

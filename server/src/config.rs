@@ -62,6 +62,45 @@ pub struct Config {
     #[arg(long, env = "ERRAND_UPLOAD_TTL", default_value_t = 3600)]
     pub upload_ttl: u64,
 
+    /// The address people open Errand at, when it runs behind a proxy (e.g.
+    /// `https://jobs.example.com`): the only origin whose pages may send forms and API requests
+    /// here, and, when it is https, session cookies are sent only over TLS. Without it, a
+    /// request's `Host` header names the site.
+    #[arg(long, env = "ERRAND_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Take the client's address from the last `X-Forwarded-For` entry (set this only behind a
+    /// proxy that sets the header; otherwise clients could pick their own address).
+    #[arg(long, env = "ERRAND_TRUST_FORWARDED", default_value_t = false)]
+    pub trust_forwarded: bool,
+
+    /// Requests that make work (submits, retries, uploads) one session may send per second, on
+    /// average; 0 turns the limit off.
+    #[arg(long, env = "ERRAND_SESSION_RATE", default_value_t = 5)]
+    pub session_rate: u32,
+
+    /// How many such requests one session may send at once before its rate applies.
+    #[arg(long, env = "ERRAND_SESSION_BURST", default_value_t = 30)]
+    pub session_burst: u32,
+
+    /// Requests that make work one client address may send per second, on average, over all
+    /// its sessions; 0 turns the limit off.
+    #[arg(long, env = "ERRAND_IP_RATE", default_value_t = 20)]
+    pub ip_rate: u32,
+
+    /// How many such requests one client address may send at once before its rate applies.
+    #[arg(long, env = "ERRAND_IP_BURST", default_value_t = 100)]
+    pub ip_burst: u32,
+
+    /// Most jobs one session may have queued or running at once; 0 turns the quota off.
+    #[arg(long, env = "ERRAND_SESSION_MAX_ACTIVE", default_value_t = 200)]
+    pub session_max_active: u32,
+
+    /// Most megabytes of uploads one session may keep stored (uploads go with their jobs);
+    /// 0 turns the quota off.
+    #[arg(long, env = "ERRAND_SESSION_MAX_UPLOAD_MB", default_value_t = 1000)]
+    pub session_max_upload_mb: u64,
+
     /// Internal IP addresses (comma-separated) that webhook jobs may call despite the rule
     /// against loopback, private and link-local addresses, e.g. `127.0.0.1` for a local receiver.
     #[arg(long, env = "ERRAND_WEBHOOK_ALLOW", value_delimiter = ',')]
@@ -104,6 +143,16 @@ impl Config {
             shutdown_grace: 5,
             retention_days: 7.0,
             upload_ttl: 3600,
+            public_url: None,
+            trust_forwarded: false,
+            // Tests drive many requests from one address and session; the limits have tests
+            // of their own that turn them on.
+            session_rate: 0,
+            session_burst: 30,
+            ip_rate: 0,
+            ip_burst: 100,
+            session_max_active: 0,
+            session_max_upload_mb: 1000,
             webhook_allow: vec![std::net::IpAddr::from([127, 0, 0, 1])],
         }
     }

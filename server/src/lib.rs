@@ -5,8 +5,10 @@
 pub mod api;
 mod assets;
 mod config;
+pub mod security;
 pub mod session;
 mod state;
+mod throttle;
 mod uploads;
 
 pub use config::{Config, Role};
@@ -21,11 +23,14 @@ use errand_engine::{Engine, EngineConfig};
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
 use leptos_axum::{LeptosRoutes, generate_route_list};
+use security::SiteOrigin;
+use session::Sessions;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use throttle::Throttle;
 use tokio::net::TcpListener;
 use tower_http::compression::CompressionLayer;
 use tower_http::trace::TraceLayer;
@@ -56,6 +61,8 @@ impl Application {
             webhook_allow: config.webhook_allow.clone(),
             database_url: config.database_url.clone(),
             queue_url: config.queue_url.clone(),
+            max_active_per_owner: (config.session_max_active > 0)
+                .then_some(config.session_max_active),
         };
         let engine = Engine::open(engine_config)
             .await
@@ -86,6 +93,7 @@ impl Application {
     /// Binds the address and assembles the routes.
     async fn http(config: &Config, engine: &Engine) -> anyhow::Result<(TcpListener, Router)> {
         let session_key = session::load_key(config.session_key.as_deref(), &config.data_dir)?;
+        let site = SiteOrigin::from_public_url(config.public_url.as_deref())?;
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("could not listen on {}", config.addr))?;
@@ -103,9 +111,26 @@ impl Application {
         let state = AppState {
             leptos_options,
             engine: engine.clone(),
-            session_key,
+            sessions: Sessions {
+                key: session_key,
+                secure: site.is_https(),
+            },
+            upload_quota: uploads::UploadQuota(
+                (config.session_max_upload_mb > 0)
+                    .then(|| config.session_max_upload_mb.saturating_mul(1_000_000)),
+            ),
         };
-        Ok((listener, router(state, &assets, &config.site_root)))
+        let throttle = Throttle::new(
+            (config.session_rate, config.session_burst),
+            (config.ip_rate, config.ip_burst),
+            config.trust_forwarded,
+        );
+        tokio::spawn(throttle.clone().forget_idle_keys());
+        let guards = Guards {
+            site: Arc::new(site),
+            throttle,
+        };
+        Ok((listener, router(state, guards, &assets, &config.site_root)))
     }
 
     /// The address HTTP is served on (an unspecified one in the `worker` role).
@@ -114,6 +139,12 @@ impl Application {
             .as_ref()
             .and_then(|(listener, _)| listener.local_addr().ok())
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The routes with every layer, for requests sent in-process (tests); `None` in the
+    /// `worker` role.
+    pub fn router(&self) -> Option<Router> {
+        self.http.as_ref().map(|(_, router)| router.clone())
     }
 
     pub fn role(&self) -> Role {
@@ -165,7 +196,8 @@ impl Application {
                 // `into_make_service` shares the routes with every connection; serving the
                 // router itself would rebuild them for each (~30 KB per open connection).
                 Some((listener, router)) => {
-                    axum::serve(listener.tap_io(no_delay), router.into_make_service())
+                    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+                    axum::serve(listener.tap_io(no_delay), service)
                         .with_graceful_shutdown(stopped())
                         .await
                         .context("HTTP server failed")
@@ -246,8 +278,16 @@ async fn purge_periodically(
     }
 }
 
-fn router(state: AppState, assets: &Assets, site_root: &Path) -> Router {
-    let routes = generate_route_list(App);
+/// What stands between a request and the handlers: the cross-site check and the rate limits.
+struct Guards {
+    site: Arc<SiteOrigin>,
+    throttle: Arc<Throttle>,
+}
+
+/// The routes, with (from the outside in) tracing, the security headers, the cross-site check,
+/// the session, and the rate limits.
+fn router(state: AppState, guards: Guards, assets: &Assets, site_root: &Path) -> Router {
+    let pages = generate_route_list(App);
     let engine = state.engine.clone();
     let options = state.leptos_options.clone();
     let stylesheet: Arc<str> = assets.stylesheet().into();
@@ -255,25 +295,29 @@ fn router(state: AppState, assets: &Assets, site_root: &Path) -> Router {
         let stylesheet = stylesheet.clone();
         move || shell(options.clone(), stylesheet.clone())
     };
-    Router::new()
+    let routes = Router::new()
         .merge(api::routes())
         .merge(uploads::routes())
         .merge(assets.routes(site_root))
-        .leptos_routes_with_context(
-            &state,
-            routes,
-            move || provide_context(engine.clone()),
-            page,
-        )
+        .leptos_routes_with_context(&state, pages, move || provide_context(engine.clone()), page)
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(
             move |options| shell(options, stylesheet.clone()),
         ))
         .layer(CompressionLayer::new())
         .merge(api::event_routes())
         .layer(axum::middleware::from_fn_with_state(
-            state.session_key.clone(),
+            guards.throttle,
+            throttle::limit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.sessions.clone(),
             session::session,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            guards.site,
+            security::cross_site_guard,
+        ));
+    security::with_headers(routes)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -1,5 +1,8 @@
-//! Anonymous sessions: each browser gets a signed, HttpOnly, SameSite=Lax cookie naming its owner
-//! id on first visit. Every request carries an [`Owner`] in its extensions from here on.
+//! Anonymous sessions: a browser gets a signed, HttpOnly, SameSite=Lax cookie naming its owner
+//! id with the first request that changes something (a job or an upload made); pages, assets,
+//! event streams and error answers never set one. Every request carries an [`Owner`] in its
+//! extensions: the cookie's, or a fresh one that owns nothing yet. A cookie that fails
+//! verification is treated as none (a fresh session, not an error).
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -11,9 +14,22 @@ use std::path::Path;
 /// The session cookie's name.
 pub const COOKIE: &str = "errand_session";
 
-/// Reads the session from the cookie, or starts one and sets the cookie on the response.
-pub async fn session(State(key): State<Key>, mut request: Request, next: Next) -> Response {
-    let jar = SignedCookieJar::from_headers(request.headers(), key);
+/// How session cookies are signed and sent.
+#[derive(Clone)]
+pub struct Sessions {
+    pub key: Key,
+    /// Sends the cookie only over TLS (when the public URL is https).
+    pub secure: bool,
+}
+
+/// Reads the session from the cookie, or starts one; sets the cookie on the response of a
+/// request that changed something and succeeded.
+pub async fn session(
+    State(sessions): State<Sessions>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let jar = SignedCookieJar::from_headers(request.headers(), sessions.key);
     let existing = jar
         .get(COOKIE)
         .map(|cookie| cookie.value().to_owned())
@@ -22,14 +38,17 @@ pub async fn session(State(key): State<Key>, mut request: Request, next: Next) -
         Some(owner) => (owner, false),
         None => (ulid::Ulid::generate().to_string(), true),
     };
+    let changes_state = !request.method().is_safe();
     request.extensions_mut().insert(Owner(owner.clone()));
     let response = next.run(request).await;
-    if !is_new {
+    let done = response.status().is_success() || response.status().is_redirection();
+    if !is_new || !changes_state || !done {
         return response;
     }
     let cookie = Cookie::build((COOKIE, owner))
         .path("/")
         .http_only(true)
+        .secure(sessions.secure)
         .same_site(SameSite::Lax)
         .permanent()
         .build();

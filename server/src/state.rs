@@ -1,7 +1,8 @@
 //! The state every handler shares.
 
+use crate::session::Sessions;
+use crate::uploads::UploadQuota;
 use axum::extract::FromRef;
-use axum_extra::extract::cookie::Key;
 use errand_engine::Engine;
 use leptos::config::LeptosOptions;
 
@@ -9,5 +10,6 @@ use leptos::config::LeptosOptions;
 pub struct AppState {
     pub leptos_options: LeptosOptions,
     pub engine: Engine,
-    pub session_key: Key,
+    pub sessions: Sessions,
+    pub upload_quota: UploadQuota,
 }

@@ -44,8 +44,26 @@ pub(crate) fn routes() -> Router<AppState> {
 enum UploadError {
     #[error("{message}")]
     Invalid { field: String, message: String },
+    /// The session's uploads already hold its quota of bytes.
+    #[error("{0}")]
+    OverQuota(String),
     #[error("the upload could not be stored")]
     Storage(#[from] std::io::Error),
+}
+
+/// Most bytes of uploads one session may keep stored (`--session-max-upload-mb`); `None` for
+/// no limit.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadQuota(pub Option<u64>);
+
+impl UploadQuota {
+    fn exceeded(self) -> UploadError {
+        let mb = self.0.unwrap_or_default() / 1_000_000;
+        UploadError::OverQuota(format!(
+            "this session's uploads would take more than {mb} MB, its limit; \
+             delete finished jobs to make room"
+        ))
+    }
 }
 
 impl UploadError {
@@ -68,13 +86,22 @@ impl UploadError {
     }
 }
 
-/// Streams one multipart file field to a new upload, refusing it past `max` bytes.
+/// Streams one multipart file field to a new upload, refusing it past `max` bytes or past
+/// what the session's quota leaves.
 async fn store_file(
     engine: &Engine,
     owner: &Owner,
     mut field: Field<'_>,
     max: u64,
+    quota: UploadQuota,
 ) -> Result<UploadId, UploadError> {
+    let room = match quota.0 {
+        None => u64::MAX,
+        Some(quota) => quota.saturating_sub(engine.files().bytes_of(owner)?),
+    };
+    if room == 0 {
+        return Err(quota.exceeded());
+    }
     let filename = field
         .file_name()
         .unwrap_or("upload")
@@ -98,6 +125,9 @@ async fn store_file(
                     "is larger than {} MB",
                     max / 1_000_000
                 )));
+            }
+            if size > room {
+                return Err(quota.exceeded());
             }
             out.write_all(&chunk).await?;
         }
@@ -142,6 +172,7 @@ fn discard(engine: &Engine, upload: Option<UploadId>) {
 async fn read_form(
     engine: &Engine,
     owner: &Owner,
+    quota: UploadQuota,
     mut multipart: Multipart,
 ) -> Result<(String, FormFields, Option<UploadId>), (String, Option<UploadId>, UploadError)> {
     let mut kind = String::new();
@@ -176,7 +207,7 @@ async fn read_form(
                     UploadError::file("this kind of job takes no file"),
                 );
             }
-            match store_file(engine, owner, field, max).await {
+            match store_file(engine, owner, field, max, quota).await {
                 Ok(id) => upload = Some(id),
                 Err(err) => return fail(&kind, upload, err),
             }
@@ -215,12 +246,14 @@ async fn read_form(
 /// with the error in the query string; a refused upload is deleted.
 async fn upload_form(
     State(engine): State<Engine>,
+    State(quota): State<UploadQuota>,
     Extension(owner): Extension<Owner>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
     let back = |kind: &str, err: UploadError| {
         let (field, message) = match err {
             UploadError::Invalid { field, message } => (field, message),
+            UploadError::OverQuota(message) => ("file".to_owned(), message),
             UploadError::Storage(err) => {
                 tracing::error!(%err, "could not store an upload");
                 (
@@ -243,7 +276,7 @@ async fn upload_form(
             UploadError::file("send the form as multipart/form-data"),
         );
     };
-    let (kind, mut fields, upload) = match read_form(&engine, &owner, multipart).await {
+    let (kind, mut fields, upload) = match read_form(&engine, &owner, quota, multipart).await {
         Ok(read) => read,
         Err((kind, upload, err)) => {
             discard(&engine, upload);
@@ -293,6 +326,13 @@ async fn upload_form(
                         message: invalid.message,
                     },
                 ),
+                over @ SubmitError::OverQuota(_) => back(
+                    &kind,
+                    UploadError::Invalid {
+                        field: String::new(),
+                        message: over.to_string(),
+                    },
+                ),
                 SubmitError::Engine(err) => {
                     tracing::error!(%err, "could not submit an upload job");
                     back(
@@ -317,6 +357,7 @@ fn error_query(pairs: &[(&str, &str)]) -> String {
 /// `POST /api/uploads` (multipart: optional `kind`, then `file`) → 201 `{"id","filename","size"}`.
 async fn upload_api(
     State(engine): State<Engine>,
+    State(quota): State<UploadQuota>,
     Extension(owner): Extension<Owner>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
@@ -325,7 +366,7 @@ async fn upload_api(
         field: None,
     })?;
     let (_, _, upload) =
-        read_form(&engine, &owner, multipart)
+        read_form(&engine, &owner, quota, multipart)
             .await
             .map_err(|(_, upload, err)| {
                 discard(&engine, upload);
@@ -333,6 +374,10 @@ async fn upload_api(
                     UploadError::Invalid { field, message } => ApiError::BadRequest {
                         message,
                         field: Some(field),
+                    },
+                    UploadError::OverQuota(message) => ApiError::TooMany {
+                        message,
+                        retry_after: None,
                     },
                     UploadError::Storage(err) => {
                         tracing::error!(%err, "could not store an upload");
@@ -368,16 +413,115 @@ async fn job_file(
         .files()
         .job_file(id, &name)
         .ok_or(ApiError::NotFound)?;
-    let response = tower_http::services::ServeFile::new(path)
+    let mut response = tower_http::services::ServeFile::new(path)
         .oneshot(request)
         .await
         .map_err(|_| ApiError::Internal)?;
+    if response.status().is_success() || response.status() == StatusCode::PARTIAL_CONTENT {
+        file_headers(response.headers_mut(), &name);
+    }
     Ok(response.map(Body::new))
+}
+
+/// The types an output file is served as; anything else is served as bytes to save.
+const SAFE_TYPES: [&str; 7] = [
+    "image/png",
+    "image/jpeg",
+    "image/webp",
+    "image/gif",
+    "text/csv",
+    "text/plain",
+    "application/json",
+];
+
+/// Headers that keep an output file from running script as part of the site: a type from
+/// [`SAFE_TYPES`], images shown inline and everything else downloaded, and a sandbox policy
+/// in case a browser renders it anyway.
+fn file_headers(headers: &mut axum::http::HeaderMap, name: &str) {
+    use axum::http::{HeaderValue, header};
+    let guessed = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|t| t.to_str().ok())
+        .map(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let content_type = if SAFE_TYPES.contains(&guessed.as_str()) {
+        guessed
+    } else {
+        "application/octet-stream".to_owned()
+    };
+    let disposition = if content_type.starts_with("image/") {
+        "inline"
+    } else {
+        "attachment"
+    };
+    // Output names are the engine's own ([A-Za-z0-9._-]); quote them anyway, without quotes.
+    let filename: String = name
+        .chars()
+        .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\')
+        .collect();
+    let values = [
+        (header::CONTENT_TYPE, content_type),
+        (
+            header::CONTENT_DISPOSITION,
+            format!("{disposition}; filename=\"{filename}\""),
+        ),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; sandbox".to_owned(),
+        ),
+    ];
+    for (name, value) in values {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_files_cannot_run_script_in_the_site() {
+        use axum::http::{HeaderMap, HeaderValue, header};
+        let served = |guessed: &'static str, name: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(guessed));
+            file_headers(&mut headers, name);
+            let get = |h| {
+                headers
+                    .get(h)
+                    .and_then(|v: &HeaderValue| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            (
+                get(header::CONTENT_TYPE),
+                get(header::CONTENT_DISPOSITION),
+                get(header::CONTENT_SECURITY_POLICY),
+            )
+        };
+        let (kind, disposition, policy) = served("image/png", "thumb-128.png");
+        assert_eq!(kind, "image/png");
+        assert_eq!(disposition, "inline; filename=\"thumb-128.png\"");
+        assert!(policy.contains("sandbox"));
+        let (kind, disposition, _) = served("text/html", "page.html");
+        assert_eq!(kind, "application/octet-stream");
+        assert!(disposition.starts_with("attachment"));
+        let (kind, _, _) = served("image/svg+xml", "x.svg");
+        assert_eq!(kind, "application/octet-stream");
+        let (kind, disposition, _) = served("text/csv", "export.csv");
+        assert_eq!(
+            (kind.as_str(), disposition.as_str()),
+            ("text/csv", "attachment; filename=\"export.csv\"")
+        );
+    }
 
     #[test]
     fn query_values_are_percent_encoded() {

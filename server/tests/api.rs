@@ -173,21 +173,38 @@ async fn a_request_without_a_cookie_gets_a_signed_session_cookie() {
         "{cookie}"
     );
 
-    // A tampered cookie is not trusted: it starts a fresh, empty session.
+    // A tampered cookie is not trusted: the request reads a fresh, empty session (and, being a
+    // read, is not given a cookie) …
     let value = cookie.split(';').next().unwrap_or_default();
     let tampered = value.replacen('=', "=AAAA", 1);
     let response = http
         .get(format!("{}/api/jobs", app.base))
-        .header("cookie", tampered)
+        .header("cookie", tampered.clone())
         .send()
         .await
         .expect("send");
-    assert!(
-        response.headers().get("set-cookie").is_some(),
-        "a new session is started"
-    );
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("set-cookie").is_none());
     let list: Value = response.json().await.expect("json");
     assert_eq!(list["jobs"], json!([]));
+    // … and a request that makes a job with it gets a new session.
+    let response = http
+        .post(format!("{}/api/jobs", app.base))
+        .header("cookie", tampered)
+        .json(&json!({"kind": "sleep", "params": {"ms": 0}}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 202);
+    let fresh = response
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        fresh.starts_with("errand_session=") && !fresh.starts_with(value),
+        "{fresh}"
+    );
     app.stop().await;
 }
 

@@ -20,8 +20,8 @@ pub async fn start_job(
     idempotency_key: Option<String>,
     delay_s: Option<String>,
 ) -> Result<String, AppError> {
-    use crate::server::{engine, internal, invalid, owner};
-    use errand_engine::{Params, SubmitError, SubmitOptions, form_delay, now_ms};
+    use crate::server::{engine, invalid, owner, submit_error};
+    use errand_engine::{Params, SubmitOptions, form_delay, now_ms};
 
     let (engine, owner) = (engine()?, owner()?);
     let options = SubmitOptions {
@@ -33,10 +33,7 @@ pub async fn start_job(
         .submit(&owner, &kind, Params::Form(fields), options)
         .await
         .map(|submitted| submitted.id)
-        .map_err(|err| match err {
-            SubmitError::Invalid(err) => invalid(err),
-            SubmitError::Engine(err) => internal(err),
-        })?;
+        .map_err(submit_error)?;
     leptos_axum::redirect(&format!("/jobs/{id}"));
     Ok(id.to_string())
 }
@@ -59,16 +56,18 @@ pub async fn get_job(id: String) -> Result<Option<JobDetail>, AppError> {
 /// Cancels one of this browser's jobs (queued: at once; running: its handler is signalled).
 #[server(prefix = "/fn", endpoint = "cancel_job")]
 pub async fn cancel_job(id: String) -> Result<(), AppError> {
-    use crate::server::{engine, internal, owner};
+    use crate::server::{engine, internal, not_found, owner, refused};
+    use axum::http::StatusCode;
     use errand_engine::CancelOutcome;
 
-    let id = id.parse().map_err(|_| AppError::NotFound)?;
+    let id = id.parse().map_err(|_| not_found())?;
     match engine()?.cancel(&owner()?, id).await.map_err(internal)? {
-        None => Err(AppError::NotFound),
-        Some(CancelOutcome::AlreadyFinished(state)) => Err(AppError::Invalid {
-            field: None,
-            message: format!("the job already finished ({})", state.as_str()),
-        }),
+        None => Err(not_found()),
+        Some(CancelOutcome::AlreadyFinished(state)) => Err(refused(
+            StatusCode::CONFLICT,
+            None,
+            format!("the job already finished ({})", state.as_str()),
+        )),
         Some(_) => Ok(()),
     }
 }
@@ -76,26 +75,21 @@ pub async fn cancel_job(id: String) -> Result<(), AppError> {
 /// Starts a new job like one of this browser's failed or cancelled jobs, and goes to its page.
 #[server(prefix = "/fn", endpoint = "retry_job")]
 pub async fn retry_job(id: String) -> Result<String, AppError> {
-    use crate::server::{engine, internal, owner};
-    use errand_engine::SubmitError;
+    use crate::server::{engine, not_found, owner, refused, submit_error};
+    use axum::http::StatusCode;
 
-    let id = id.parse().map_err(|_| AppError::NotFound)?;
-    let retried = engine()?
-        .retry(&owner()?, id)
-        .await
-        .map_err(|err| match err {
-            SubmitError::Invalid(err) => crate::server::invalid(err),
-            SubmitError::Engine(err) => internal(err),
-        })?;
+    let id = id.parse().map_err(|_| not_found())?;
+    let retried = engine()?.retry(&owner()?, id).await.map_err(submit_error)?;
     match retried {
-        None => Err(AppError::NotFound),
-        Some(Err(state)) => Err(AppError::Invalid {
-            field: None,
-            message: format!(
+        None => Err(not_found()),
+        Some(Err(state)) => Err(refused(
+            StatusCode::CONFLICT,
+            None,
+            format!(
                 "only failed or cancelled jobs can be retried; this one is {}",
                 state.as_str()
             ),
-        }),
+        )),
         Some(Ok(new_id)) => {
             leptos_axum::redirect(&format!("/jobs/{new_id}"));
             Ok(new_id.to_string())
@@ -106,16 +100,17 @@ pub async fn retry_job(id: String) -> Result<String, AppError> {
 /// This browser's jobs, newest first.
 #[server(prefix = "/fn", endpoint = "list_jobs")]
 pub async fn list_jobs(before: Option<String>) -> Result<JobList, AppError> {
-    use crate::server::{engine, internal, list_view, owner};
+    use crate::server::{engine, internal, list_view, owner, refused};
 
     let before = match before.as_deref().map(str::parse) {
         None => None,
         Some(Ok(id)) => Some(id),
         Some(Err(_)) => {
-            return Err(AppError::Invalid {
-                field: Some("before".into()),
-                message: "is not a job id".into(),
-            });
+            return Err(refused(
+                axum::http::StatusCode::BAD_REQUEST,
+                Some("before"),
+                "is not a job id".into(),
+            ));
         }
     };
     let jobs = engine()?

@@ -94,7 +94,10 @@ fn error_for(
         let from_action = start.value().get().and_then(Result::err);
         let from_query = {
             let query = query.read();
-            (query.get("kind").as_deref() == Some(spec.name))
+            // An error without a kind (a refused request) belongs to whichever form is shown.
+            query
+                .get("kind")
+                .is_none_or(|kind| kind == spec.name)
                 .then(|| query.get("error"))
                 .flatten()
                 .map(|message| AppError::Invalid {

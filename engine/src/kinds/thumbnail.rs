@@ -251,6 +251,78 @@ fn render(
 }
 
 #[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A small valid image in each format the kind reads.
+    fn samples() -> Vec<Vec<u8>> {
+        let image = DynamicImage::ImageRgba8(image::RgbaImage::from_fn(17, 9, |x, y| {
+            image::Rgba([(x * 15) as u8, (y * 28) as u8, 7, 200])
+        }));
+        [
+            ImageFormat::Png,
+            ImageFormat::Jpeg,
+            ImageFormat::Gif,
+            ImageFormat::WebP,
+        ]
+        .into_iter()
+        .map(|format| {
+            let image = if format == ImageFormat::Jpeg {
+                DynamicImage::ImageRgb8(image.to_rgb8())
+            } else {
+                image.clone()
+            };
+            let mut bytes = Cursor::new(Vec::new());
+            image.write_to(&mut bytes, format).expect("encode");
+            bytes.into_inner()
+        })
+        .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// A valid image with bytes overwritten or cut off (forged sizes, broken chunks) is
+        /// probed and decoded to an image or an error, never a panic, and never past the limits.
+        #[test]
+        fn damaged_images_decode_or_fail_cleanly(
+            which in 0..4_usize,
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+            cut in prop::option::of(any::<prop::sample::Index>()),
+        ) {
+            let mut bytes = samples().swap_remove(which);
+            for (at, value) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = value;
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut.index(bytes.len()));
+            }
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("upload");
+            std::fs::write(&path, &bytes).expect("write");
+            if probe(&path).is_ok()
+                && let Ok(image) = decode(&path)
+            {
+                prop_assert!(u64::from(image.width()) * u64::from(image.height()) <= MAX_PIXELS);
+            }
+        }
+
+        /// Arbitrary bytes are refused by the probe or fail to decode, never a panic.
+        #[test]
+        fn any_bytes_are_probed_without_panic(bytes in prop::collection::vec(any::<u8>(), 0..2_048)) {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("upload");
+            std::fs::write(&path, &bytes).expect("write");
+            if probe(&path).is_ok() {
+                let _ = decode(&path);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -94,7 +94,9 @@ impl JobKind for Webhook {
         let address = resolve_allowed(&host, port, &self.allow).await?;
         ctx.log(format!("{host} resolved to {}", address.ip()))
             .await;
+        // No proxy: a proxy would resolve the name again, past the address checked here.
         let client = reqwest::Client::builder()
+            .no_proxy()
             .resolve(&host, address)
             .timeout(Duration::from_millis(args.timeout_ms))
             .redirect(reqwest::redirect::Policy::none())
@@ -234,10 +236,15 @@ pub fn is_allowed(ip: IpAddr, allow: &[IpAddr]) -> bool {
     allow.contains(&ip) || !is_internal(ip)
 }
 
+/// True for every address a webhook must not reach: loopback, private, link-local, shared,
+/// reserved, documentation, benchmarking, multicast and broadcast ranges, and IPv6 forms that
+/// carry an IPv4 address (mapped, NAT64, 6to4) when that address is one of these. Forms whose
+/// target cannot be told from the address (IPv4-compatible, local-use NAT64, Teredo, ORCHID,
+/// other special-purpose ranges) count as internal too.
 fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -245,18 +252,44 @@ fn is_internal(ip: IpAddr) -> bool {
                 || v4.is_broadcast()
                 || v4.is_multicast()
                 || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b)) // shared address space
+                || a == 0 // "this network"
+                || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
+                || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+                || (a == 192 && b == 88 && c == 99) // 6to4 relay anycast
                 || (a == 198 && (b == 18 || b == 19)) // benchmarking
-                || a >= 240
+                || a >= 240 // reserved
         }
         IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
+            let segments = v6.segments();
+            let first = segments[0];
+            let embedded = |high: u16, low: u16| {
+                let [a, b] = high.to_be_bytes();
+                let [c, d] = low.to_be_bytes();
+                std::net::Ipv4Addr::new(a, b, c, d)
+            };
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal(IpAddr::V4(v4));
+            }
+            // NAT64 (64:ff9b::/96): the IPv4 address in the last 32 bits.
+            if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_internal(IpAddr::V4(embedded(segments[6], segments[7])));
+            }
+            // 6to4 (2002::/16): the IPv4 address in bits 16..48.
+            if first == 0x2002 {
+                return is_internal(IpAddr::V4(embedded(segments[1], segments[2])));
+            }
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80 // link-local
+                || segments[..6] == [0, 0, 0, 0, 0, 0] // IPv4-compatible (::/96, deprecated)
+                || segments[..3] == [0x64, 0xff9b, 1] // local-use NAT64 (64:ff9b:1::/48)
+                || segments[..4] == [0x100, 0, 0, 0] // discard-only (100::/64)
+                || (first == 0x2001 && segments[1] < 0x200) // IETF protocol assignments, Teredo, ORCHID (2001::/23)
+                || (first == 0x2001 && segments[1] == 0xdb8) // documentation (2001:db8::/32)
+                || (first == 0x3fff && segments[1] < 0x1000) // documentation (3fff::/20)
+                || (first & 0xfe00) == 0xfc00 // unique local (fc00::/7)
+                || (first & 0xffc0) == 0xfe80 // link-local (fe80::/10)
+                || (first & 0xffc0) == 0xfec0 // site-local (fec0::/10, deprecated)
         }
     }
 }
@@ -285,24 +318,62 @@ mod tests {
     fn internal_addresses_are_refused_unless_allowed() {
         let parse = |s: &str| s.parse::<IpAddr>().expect("ip");
         for internal in [
+            // IPv4
             "127.0.0.1",
             "10.1.2.3",
             "172.16.0.1",
             "192.168.1.1",
             "169.254.169.254",
             "0.0.0.0",
+            "0.1.2.3",
             "100.64.0.1",
+            "100.127.255.254",
+            "192.0.0.8",
+            "192.0.2.1",
+            "192.88.99.1",
+            "198.18.0.1",
+            "198.51.100.1",
+            "203.0.113.1",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            // IPv6
             "::1",
+            "::",
             "fe80::1",
+            "fec0::1",
             "fd00::1",
-            "::ffff:127.0.0.1",
+            "fc00::1",
+            "ff02::1",
+            "100::1",
+            "2001:db8::1",
+            "3fff::1",
+            "2001::1",          // Teredo
+            "2001:10::1",       // ORCHID
+            "::ffff:127.0.0.1", // IPv4-mapped
+            "::ffff:10.0.0.1",
+            "::127.0.0.1",        // IPv4-compatible
+            "::8.8.8.8",          // IPv4-compatible, deprecated whatever it carries
+            "64:ff9b::7f00:1",    // NAT64 of 127.0.0.1
+            "64:ff9b::a9fe:a9fe", // NAT64 of 169.254.169.254
+            "64:ff9b:1::1",       // local-use NAT64
+            "2002:7f00:1::1",     // 6to4 of 127.0.0.1
+            "2002:c0a8:101::1",   // 6to4 of 192.168.1.1
         ] {
             assert!(
                 !is_allowed(parse(internal), &[]),
                 "{internal} must be refused"
             );
         }
-        for public in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {
+        for public in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "100.128.0.1",
+            "2606:4700:4700::1111",
+            "64:ff9b::808:808", // NAT64 of 8.8.8.8
+            "2002:808:808::1",  // 6to4 of 8.8.8.8
+            "::ffff:1.1.1.1",
+        ] {
             assert!(is_allowed(parse(public), &[]), "{public} must be allowed");
         }
         assert!(is_allowed(parse("127.0.0.1"), &[parse("127.0.0.1")]));

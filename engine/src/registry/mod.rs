@@ -416,6 +416,20 @@ impl Registry {
     }
 
     /// True when any job (in any state) reads upload `upload`.
+    /// How many of `owner`'s jobs are queued or running, counting no further than `up_to`.
+    pub async fn count_active(&self, owner: &Owner, up_to: u32) -> Result<u32, RegistryError> {
+        let sql = "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE owner = $1 \
+                   AND state IN ('queued', 'running') LIMIT $2) AS t";
+        let count: i64 = on_db!(self, pool => {
+            sqlx::query_scalar(sql)
+                .bind(&owner.0)
+                .bind(i64::from(up_to))
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+    }
+
     pub async fn upload_in_use(&self, upload: &str) -> Result<bool, RegistryError> {
         let sql = "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE upload = $1 LIMIT 1) AS t";
         let count: i64 = on_db!(self, pool => {

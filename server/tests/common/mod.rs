@@ -30,11 +30,24 @@ impl TestApp {
         app
     }
 
+    /// Starts a server on a fresh temporary data dir with a configuration of the test's.
+    pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::for_tests(temp.path());
+        configure(&mut config);
+        let mut app = Self::start(config).await;
+        app._temp = Some(temp);
+        app
+    }
+
     /// Starts a server on an existing data dir (to test restarts).
     pub async fn spawn_in(data_dir: PathBuf) -> Self {
-        let app = Application::build(Config::for_tests(&data_dir))
-            .await
-            .expect("server builds");
+        Self::start(Config::for_tests(&data_dir)).await
+    }
+
+    async fn start(config: Config) -> Self {
+        let data_dir = config.data_dir.clone();
+        let app = Application::build(config).await.expect("server builds");
         let base = format!("http://127.0.0.1:{}", app.port());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async {

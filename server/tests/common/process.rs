@@ -57,6 +57,10 @@ pub fn spawn(args: &[&str], data_dir: &Path, more: &[&str]) -> Child {
         .arg(data_dir)
         .args(more)
         .env("RUST_LOG", "warn")
+        // The fault scenarios drive thousands of jobs from one address.
+        .env("ERRAND_SESSION_RATE", "0")
+        .env("ERRAND_IP_RATE", "0")
+        .env("ERRAND_SESSION_MAX_ACTIVE", "0")
         .stdout(Stdio::null())
         .spawn()
         .expect("errand starts")

@@ -349,6 +349,39 @@ impl Invalid {
 }
 
 #[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Bytes that CSV parsing cares about, mixed with any byte.
+    fn csv_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop_oneof![
+            4 => prop::sample::select(b",\"\r\n a1.-e9tT".to_vec()),
+            1 => any::<u8>(),
+        ];
+        prop::collection::vec(byte, 0..4_096)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any input ends in a report or an error, never a panic, and the report stays within
+        /// the limits whatever the input.
+        #[test]
+        fn any_input_gives_a_bounded_report_or_an_error(input in csv_bytes()) {
+            if let Ok(report) = analyze(input.as_slice(), |_| true) {
+                prop_assert!(report.columns.len() <= MAX_COLUMNS);
+                prop_assert!(report.invalid_rows.len() <= INVALID_LISTED);
+                for column in &report.columns {
+                    prop_assert!(column.name.len() <= MAX_NAME_BYTES + 4);
+                }
+                prop_assert!(report.rows <= input.len() as u64);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -21,7 +21,8 @@ pub(crate) struct Received {
 }
 
 impl Api {
-    /// A client with its own session (the first request gets the cookie).
+    /// A client with its own session (started before its first job, so every request of its
+    /// connections shares it).
     pub(crate) async fn new(base: &str, connections: usize) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .cookie_store(true)
@@ -32,9 +33,10 @@ impl Api {
             http,
         };
         api.http
-            .get(format!("{}/api/jobs?limit=1", api.base))
+            .post(format!("{}/api/session", api.base))
             .send()
-            .await?;
+            .await?
+            .error_for_status()?;
         Ok(api)
     }
 

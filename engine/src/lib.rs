@@ -260,13 +260,30 @@ impl Engine {
         } else {
             Some(lock_data_dir(&config.data_dir)?)
         };
-        let registry = match &config.database_url {
-            Some(url) => Registry::connect(url).await?,
-            None => Registry::open(&config.data_dir.join("errand.db")).await?,
-        };
-        let queue = match &config.queue_url {
-            Some(url) => Queue::connect(url).await?,
-            None => Queue::open(&config.data_dir.join("queue.db")).await?,
+        let registry_file = config.data_dir.join("errand.db");
+        let queue_file = config.data_dir.join("queue.db");
+        let (registry, queue) = match (&config.database_url, &config.queue_url) {
+            // The embedded default: one SQLite file holds the jobs and the queue, so a submit
+            // is one transaction.
+            (None, None) => {
+                let registry = Registry::open_with_queue(&registry_file).await?;
+                let pool = registry.sqlite().cloned().ok_or_else(|| {
+                    EngineError::Worker("the embedded registry is not SQLite".into())
+                })?;
+                let queue = Queue::in_registry(pool, &queue_file).await?;
+                (registry, queue)
+            }
+            (database, queue) => {
+                let registry = match database {
+                    Some(url) => Registry::connect(url).await?,
+                    None => Registry::open(&registry_file).await?,
+                };
+                let queue = match queue {
+                    Some(url) => Queue::connect(url).await?,
+                    None => Queue::open(&queue_file).await?,
+                };
+                (registry, queue)
+            }
         };
         if queue.is_shared() && registry.postgres().is_none() {
             return Err(EngineError::Unshared);
@@ -421,7 +438,10 @@ impl Engine {
                 existing: true,
             });
         }
-        if let Err(err) = self.queue().push(job.id, job.delivery, job.run_at).await {
+        if self.registry().writes_tasks() {
+            // Its task was committed with it.
+            self.queue().wake();
+        } else if let Err(err) = self.queue().push(job.id, job.delivery, job.run_at).await {
             // Never leave a job that no worker will ever see.
             if let Err(cleanup) = self.registry().delete(job.id).await {
                 tracing::error!(%cleanup, "could not remove a job whose push failed");

@@ -34,6 +34,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/jobs/{id}", get(job).delete(delete_job))
         .route("/api/jobs/{id}/cancel", axum::routing::post(cancel))
         .route("/api/jobs/{id}/retry", axum::routing::post(retry))
+        .route("/api/session", axum::routing::post(start_session))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
@@ -209,6 +210,13 @@ async fn submit(
         status,
         Json(json!({ "id": submitted.id.to_string(), "existing": submitted.existing })),
     ))
+}
+
+/// `POST /api/session` → 204: starts a session for a client that wants its cookie before its
+/// first job (to watch `/api/jobs/events` from the start). Stores nothing: the cookie is the
+/// session.
+async fn start_session() -> StatusCode {
+    StatusCode::NO_CONTENT
 }
 
 /// When a submitted job may start: `delay_ms` from now, or `run_at` (RFC 3339), or now.

@@ -115,9 +115,17 @@ async fn the_session_stream_reports_changes_to_the_sessions_jobs_only() {
     let app = TestApp::spawn().await;
     let alice = app.client();
     let bob = app.client();
-    // Make sure both have their session cookie before subscribing.
-    alice.get_json("/api/jobs").await;
-    bob.get_json("/api/jobs").await;
+    // Both start their session before subscribing, as a client that watches from the start.
+    for client in [&alice, &bob] {
+        let started = client
+            .http
+            .post(client.url("/api/session"))
+            .send()
+            .await
+            .expect("session");
+        assert_eq!(started.status(), 204);
+        assert!(started.headers().get("set-cookie").is_some());
+    }
 
     let response = alice
         .http

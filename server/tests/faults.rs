@@ -198,10 +198,13 @@ async fn kill_9_while_64_clients_submit_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_submits_cut_off_at_random_points_strand_no_job() {
     let (_serial, _dir, server) = serve_fresh().await;
-    // One session for all: its cookie, as a browser would have it.
-    let first = reqwest::get(server.client.url("/api/jobs"))
+    // One session for all: its cookie, as a browser would have it after its first job.
+    let first = reqwest::Client::new()
+        .post(server.client.url("/api/jobs"))
+        .json(&serde_json::json!({"kind": "sleep", "params": {"ms": 0}}))
+        .send()
         .await
-        .expect("GET");
+        .expect("POST");
     let cookie = first
         .headers()
         .get("set-cookie")

@@ -422,31 +422,30 @@ async fn a_session_over_its_quota_of_unfinished_jobs_gets_429() {
     app.stop().await;
 }
 
+/// Uploads `size` bytes as a CSV through `client`'s session.
+async fn upload(client: &common::Client, size: usize) -> reqwest::Response {
+    let file = reqwest::multipart::Part::bytes(vec![b'a'; size]).file_name("a.csv");
+    client
+        .http
+        .post(client.url("/api/uploads"))
+        .multipart(
+            reqwest::multipart::Form::new()
+                .text("kind", "csv_import")
+                .part("file", file),
+        )
+        .send()
+        .await
+        .expect("send")
+}
+
 #[tokio::test]
 async fn a_session_over_its_upload_quota_is_refused_and_nothing_is_kept() {
     let app = TestApp::spawn_with(|config| config.session_max_upload_mb = 1).await;
     let client = app.client();
-    let upload = |size: usize| {
-        client
-            .http
-            .post(client.url("/api/uploads"))
-            .multipart(
-                reqwest::multipart::Form::new()
-                    .text("kind", "csv_import")
-                    .part(
-                        "file",
-                        reqwest::multipart::Part::bytes(vec![b'a'; size]).file_name("a.csv"),
-                    ),
-            )
-            .send()
-    };
     let stored =
         || std::fs::read_dir(app.data_dir.join("files").join("uploads")).map_or(0, |d| d.count());
-    assert_eq!(
-        upload(600_000).await.expect("send").status(),
-        StatusCode::CREATED
-    );
-    let refused = upload(600_000).await.expect("send");
+    assert_eq!(upload(&client, 600_000).await.status(), StatusCode::CREATED);
+    let refused = upload(&client, 600_000).await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     let body: Value = refused.json().await.expect("json");
     assert!(
@@ -455,21 +454,9 @@ async fn a_session_over_its_upload_quota_is_refused_and_nothing_is_kept() {
     );
     assert_eq!(stored(), 1, "the refused upload was not kept");
     // Another session has a quota of its own.
-    let other = app.client();
-    let answer = other
-        .http
-        .post(other.url("/api/uploads"))
-        .multipart(
-            reqwest::multipart::Form::new()
-                .text("kind", "csv_import")
-                .part(
-                    "file",
-                    reqwest::multipart::Part::bytes(vec![b'a'; 600_000]).file_name("a.csv"),
-                ),
-        )
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(answer.status(), StatusCode::CREATED);
+    assert_eq!(
+        upload(&app.client(), 600_000).await.status(),
+        StatusCode::CREATED
+    );
     app.stop().await;
 }

@@ -77,7 +77,10 @@ fn LiveJob(detail: JobDetail) -> impl IntoView {
                 class="progress"
                 max="100"
                 value=move || percent().unwrap_or(0).to_string()
+                role="progressbar"
                 aria-label="Progress"
+                aria-valuemin="0"
+                aria-valuemax="100"
                 aria-valuenow=move || percent().map(|p| p.to_string())
                 data-testid="job-progress"
             ></progress>

@@ -19,6 +19,7 @@ use futures::StreamExt;
 use redis_queue::{RedisQueue, RedisQueueError};
 use serde::{Deserialize, Serialize};
 use sqlite_queue::{SqliteQueue, SqliteQueueError};
+use sqlx::SqlitePool;
 use sqlx::sqlite::SqliteConnectOptions;
 use std::path::Path;
 use std::str::FromStr;
@@ -29,7 +30,7 @@ use tokio::sync::Notify;
 use wake::{WakeUps, notified};
 
 mod redis_queue;
-mod sqlite_queue;
+pub(crate) mod sqlite_queue;
 mod storage;
 mod wake;
 
@@ -133,8 +134,27 @@ impl Queue {
         }
     }
 
+    /// The embedded default: the queue's table in the registry's SQLite database (`pool`), so
+    /// that a submit is one transaction. The tasks of an earlier version's separate queue file
+    /// (`earlier_file`, `queue.db`) are moved in, and the file removed.
+    pub async fn in_registry(pool: SqlitePool, earlier_file: &Path) -> Result<Self, QueueError> {
+        let queue = Self::on_sqlite_pool(pool.clone()).await?;
+        match sqlite_queue::adopt_file(&pool, earlier_file).await {
+            Ok(0) => {}
+            Ok(moved) => tracing::info!(moved, "moved the tasks of queue.db into errand.db"),
+            // The reconciler pushes again any queued job that no task covers.
+            Err(err) => {
+                tracing::warn!(%err, "could not move the tasks of queue.db; they will be pushed again")
+            }
+        }
+        Ok(queue)
+    }
+
     async fn open_sqlite(options: SqliteConnectOptions) -> Result<Self, QueueError> {
-        let pool = db::sqlite(options).await?;
+        Self::on_sqlite_pool(db::sqlite(options).await?).await
+    }
+
+    async fn on_sqlite_pool(pool: SqlitePool) -> Result<Self, QueueError> {
         let queue = SqliteQueue::open(pool).await?;
         // One process owns the file: no other worker's heartbeat to watch.
         let heartbeat = Duration::from_secs(30);
@@ -173,6 +193,12 @@ impl Queue {
             Storage::Redis(storage) => Some(storage.persistence()),
             _ => None,
         }
+    }
+
+    /// Wakes an idle worker: a task was written outside [`Queue::push`] (with its job, in the
+    /// registry's transaction).
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// True when other processes can share this queue.
@@ -337,6 +363,20 @@ pub(crate) fn task_id(job_id: JobId, delivery: i64) -> ulid::Ulid {
 }
 
 /// A task with its arguments as JSON bytes, as Errand's own storages keep them.
+/// A delivery's row in the SQLite queue's table, exactly as [`Queue::push`] would store it:
+/// for the registry to write with the job, in one transaction.
+pub(crate) fn sqlite_row(job_id: JobId, delivery: i64, run_at: Option<i64>) -> sqlite_queue::Row {
+    let args = serde_json::to_vec(&QueuedJob {
+        job_id,
+        delivery,
+        run_at,
+    })
+    .unwrap_or_default();
+    // The queue counts whole seconds (see `Queue::push`).
+    let due = run_at.map_or_else(crate::model::now_ms, |ms| ms.max(0) / 1000 * 1000);
+    (task_id(job_id, delivery).to_string(), args, due)
+}
+
 fn encode(task: Task<QueuedJob>) -> Result<Task<Vec<u8>>, QueueError> {
     task.try_map_args(|job| serde_json::to_vec(&job))
         .map_err(|e| QueueError::Storage(e.to_string()))

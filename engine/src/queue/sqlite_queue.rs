@@ -10,6 +10,10 @@
 //!
 //! One process owns the file: at start a worker takes back whatever a previous process had
 //! fetched and not finished.
+//!
+//! In the embedded default the table lives in the registry's own database (`errand.db`), and a
+//! submit writes the job and its first task in one transaction (see
+//! `Registry::open_with_queue`), so no crash can leave one without the other.
 
 use super::storage::{RETRY_AFTER_ERROR, completed, fetched};
 use crate::model::now_ms;
@@ -49,7 +53,7 @@ struct Pending {
 }
 
 /// A task as stored: id, arguments, due time (unix ms).
-type Row = (String, Vec<u8>, i64);
+pub(crate) type Row = (String, Vec<u8>, i64);
 
 /// The queue's pool and its group-commit writer.
 #[derive(Clone)]
@@ -129,15 +133,62 @@ async fn write(pool: SqlitePool, mut pending: mpsc::Receiver<Pending>) {
 
 async fn insert(pool: &SqlitePool, rows: &[&Row]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
+    insert_in(&mut tx, rows).await?;
+    tx.commit().await
+}
+
+/// Writes task rows within the caller's transaction (a second push of a task id is ignored).
+pub(crate) async fn insert_in(
+    connection: &mut sqlx::SqliteConnection,
+    rows: &[&Row],
+) -> Result<(), sqlx::Error> {
     for chunk in rows.chunks(PUSH_ROWS) {
         let mut insert = sqlx::QueryBuilder::new("INSERT INTO errand_tasks (id, args, run_at) ");
         insert.push_values(chunk, |mut row, (id, args, run_at)| {
             row.push_bind(id).push_bind(args).push_bind(run_at);
         });
         insert.push(" ON CONFLICT (id) DO NOTHING");
-        insert.build().execute(&mut *tx).await?;
+        insert.build().execute(&mut *connection).await?;
     }
-    tx.commit().await
+    Ok(())
+}
+
+/// Moves the tasks of a queue file of an earlier version (the queue in its own `queue.db`)
+/// into `pool`'s table, then deletes the file. Returns how many tasks it moved.
+pub(crate) async fn adopt_file(
+    pool: &SqlitePool,
+    file: &std::path::Path,
+) -> Result<u64, sqlx::Error> {
+    if !file.exists() {
+        return Ok(0);
+    }
+    let mut connection = pool.acquire().await?;
+    sqlx::query("ATTACH DATABASE $1 AS earlier")
+        .bind(file.to_string_lossy().into_owned())
+        .execute(&mut *connection)
+        .await?;
+    // A task another process had fetched waits again, as at any start.
+    let moved = sqlx::query(
+        "INSERT OR IGNORE INTO main.errand_tasks (id, args, run_at) \
+         SELECT id, args, run_at FROM earlier.errand_tasks",
+    )
+    .execute(&mut *connection)
+    .await;
+    sqlx::query("DETACH DATABASE earlier")
+        .execute(&mut *connection)
+        .await?;
+    let moved = moved?.rows_affected();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = file.as_os_str().to_owned();
+        path.push(suffix);
+        match std::fs::remove_file(&path) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(sqlx::Error::Io(err));
+            }
+            _ => {}
+        }
+    }
+    Ok(moved)
 }
 
 impl Persistence for SqliteQueue {

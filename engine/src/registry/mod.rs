@@ -131,12 +131,17 @@ pub struct Registry {
     db: Db,
     /// Inserts, starts, progress saves and finishes, group-committed (see [`batch`]).
     batches: Arc<Batches>,
+    /// See [`Registry::writes_tasks`].
+    with_tasks: bool,
 }
 
 /// Runs the batched writes (in the batching tasks).
 #[derive(Debug, Clone)]
 struct Writer {
     db: Db,
+    /// The queue's table is in this database: a new job's first task is written in the
+    /// transaction that records the job.
+    with_tasks: bool,
 }
 
 #[derive(Debug)]
@@ -221,7 +226,7 @@ impl Registry {
         if db::is_postgres(url) {
             let pool = db::postgres(url).await?;
             sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-            Ok(Self::with_batches(Db::Postgres(pool)))
+            Ok(Self::with_batches(Db::Postgres(pool), false))
         } else if db::is_sqlite(url) {
             Self::open_sqlite(SqliteConnectOptions::from_str(url)?).await
         } else {
@@ -229,16 +234,28 @@ impl Registry {
         }
     }
 
+    /// Opens the registry file as the home of the queue's table too (the embedded default):
+    /// [`Registry::insert`] then writes each new job's first task with it, in one transaction.
+    /// Open the queue on [`Registry::sqlite`]'s pool (`Queue::in_registry`) before any insert.
+    pub async fn open_with_queue(path: &Path) -> Result<Self, RegistryError> {
+        let pool = db::sqlite(SqliteConnectOptions::new().filename(path)).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self::with_batches(Db::Sqlite(pool), true))
+    }
+
     async fn open_sqlite(options: SqliteConnectOptions) -> Result<Self, RegistryError> {
         let pool = db::sqlite(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self::with_batches(Db::Sqlite(pool)))
+        Ok(Self::with_batches(Db::Sqlite(pool), false))
     }
 
     /// A registry on `db` whose inserts, starts, progress saves and finishes go through
     /// batching tasks.
-    fn with_batches(db: Db) -> Self {
-        let writer = Writer { db: db.clone() };
+    fn with_batches(db: Db, with_tasks: bool) -> Self {
+        let writer = Writer {
+            db: db.clone(),
+            with_tasks,
+        };
         let batches = Batches {
             inserts: writer.batching(|w, batch| async move { w.insert_all(batch).await }),
             starts: writer.batching(|w, batch| async move { w.start_all(batch).await }),
@@ -249,7 +266,22 @@ impl Registry {
         Self {
             db,
             batches: Arc::new(batches),
+            with_tasks,
         }
+    }
+
+    /// The SQLite pool, when the registry is on SQLite.
+    pub fn sqlite(&self) -> Option<&SqlitePool> {
+        match &self.db {
+            Db::Sqlite(pool) => Some(pool),
+            Db::Postgres(_) => None,
+        }
+    }
+
+    /// True when [`Registry::insert`] writes a new job's first task as well (the queue's table
+    /// is in this database), so the caller must not push it again.
+    pub fn writes_tasks(&self) -> bool {
+        self.with_tasks
     }
 
     /// The Postgres pool, when the registry is on Postgres (live events travel through it).
@@ -260,8 +292,9 @@ impl Registry {
         }
     }
 
-    /// Records a new queued job. With an idempotency key the owner already used, nothing is
-    /// inserted and the existing job is returned instead.
+    /// Records a new queued job (and, when [`Registry::writes_tasks`], its first task in the
+    /// same transaction). With an idempotency key the owner already used, nothing is inserted
+    /// and the existing job is returned instead.
     pub async fn insert(&self, job: &Job) -> Result<Option<Job>, RegistryError> {
         self.batches.inserts.run(job.clone()).await
     }
@@ -562,27 +595,48 @@ impl Writer {
              RETURNING id",
             batch::values(jobs.len(), 14, 1)
         );
-        let inserted: Vec<String> = on_db!(self, pool => {
-            let mut query = sqlx::query_scalar(AssertSqlSafe(sql.as_str()));
-            for job in &jobs {
-                query = query
-                    .bind(job.id.to_string())
-                    .bind(&job.owner.0)
-                    .bind(&job.kind)
-                    .bind(job.params.to_string())
-                    .bind(job.state.as_str())
-                    .bind(0_i64)
-                    .bind(job.created_at)
-                    .bind(i64::from(job.max_attempts))
-                    .bind(job.run_at)
-                    .bind(job.delivery)
-                    .bind(job.retry_of.map(|id| id.to_string()))
-                    .bind(job.idempotency_key.as_deref())
-                    .bind(job.created_at)
-                    .bind(job.upload());
+        macro_rules! bind_jobs {
+            () => {{
+                let mut query = sqlx::query_scalar(AssertSqlSafe(sql.as_str()));
+                for job in &jobs {
+                    query = query
+                        .bind(job.id.to_string())
+                        .bind(&job.owner.0)
+                        .bind(&job.kind)
+                        .bind(job.params.to_string())
+                        .bind(job.state.as_str())
+                        .bind(0_i64)
+                        .bind(job.created_at)
+                        .bind(i64::from(job.max_attempts))
+                        .bind(job.run_at)
+                        .bind(job.delivery)
+                        .bind(job.retry_of.map(|id| id.to_string()))
+                        .bind(job.idempotency_key.as_deref())
+                        .bind(job.created_at)
+                        .bind(job.upload());
+                }
+                query
+            }};
+        }
+        let inserted: Vec<String> = match &self.db {
+            // The job and its first task, in one transaction.
+            Db::Sqlite(pool) if self.with_tasks => {
+                let mut tx = pool.begin().await?;
+                let inserted: Vec<String> = bind_jobs!().fetch_all(&mut *tx).await?;
+                let new: std::collections::HashSet<&str> =
+                    inserted.iter().map(String::as_str).collect();
+                let rows: Vec<_> = jobs
+                    .iter()
+                    .filter(|job| new.contains(job.id.to_string().as_str()))
+                    .map(|job| crate::queue::sqlite_row(job.id, job.delivery, job.run_at))
+                    .collect();
+                crate::queue::sqlite_queue::insert_in(&mut tx, &rows.iter().collect::<Vec<_>>())
+                    .await?;
+                tx.commit().await?;
+                inserted
             }
-            query.fetch_all(pool).await?
-        });
+            _ => on_db!(self, pool => bind_jobs!().fetch_all(pool).await?),
+        };
         let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
         let mut answers = Vec::with_capacity(jobs.len());
         for job in &jobs {

@@ -32,13 +32,15 @@ pub async fn start_with(args: &[&str], data_dir: &Path, http: reqwest::Client) -
         base: format!("http://127.0.0.1:{port}"),
         http,
     };
+    // Ready when it answers; the answer starts the client's session, so that every request of
+    // its concurrent connections shares it.
     for _ in 0..200 {
         if client
             .http
-            .get(client.url("/api/jobs"))
+            .post(client.url("/api/session"))
             .send()
             .await
-            .is_ok()
+            .is_ok_and(|answer| answer.status().is_success())
         {
             return Server { child, client };
         }

@@ -5,6 +5,26 @@
 use sqlx::postgres::PgConnection;
 use sqlx::{AssertSqlSafe, Connection};
 
+/// Runs `engine`'s workers in a task of their own until the returned sender fires (or is
+/// dropped); the handle gives the workers' end.
+pub fn start_workers(
+    engine: &crate::Engine,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), crate::EngineError>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let engine = engine.clone();
+    let workers = tokio::spawn(async move {
+        engine
+            .run_workers(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    (stop, workers)
+}
+
 /// The server tests create their databases on; override with `ERRAND_TEST_POSTGRES`.
 pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 

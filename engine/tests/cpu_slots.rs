@@ -82,17 +82,7 @@ async fn handlers_share_one_slot_per_core_and_a_waiting_job_can_be_cancelled() {
     let engine = Engine::open_with_kinds(config, Kinds::builtin(&[]).with(CpuBound))
         .await
         .expect("engine opens");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let workers = tokio::spawn({
-        let engine = engine.clone();
-        async move {
-            engine
-                .run_workers(async {
-                    let _ = stopped.await;
-                })
-                .await
-        }
-    });
+    let (stop, workers) = errand_engine::testing::start_workers(&engine);
 
     // Four jobs per core, all runnable at once under a concurrency of 64.
     let mut ids = Vec::new();

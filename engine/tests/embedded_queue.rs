@@ -87,17 +87,7 @@ async fn the_tasks_of_an_earlier_queue_file_are_taken_over_and_run() {
         "the old file is gone"
     );
     assert_eq!(engine.queue().task_count().await.expect("count"), 3);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let workers = tokio::spawn({
-        let engine = engine.clone();
-        async move {
-            engine
-                .run_workers(async {
-                    let _ = stopped.await;
-                })
-                .await
-        }
-    });
+    let (stop, workers) = errand_engine::testing::start_workers(&engine);
     // Well before the reconciler's 30 s: the moved tasks themselves run.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     for id in ids {

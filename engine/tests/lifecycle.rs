@@ -4,7 +4,7 @@
 //! and a Postgres database of the test's own (a missing server fails the tests).
 //! A test-only kind, `flaky`, fails on purpose in the ways a real handler can.
 
-use errand_engine::testing::SharedStores;
+use errand_engine::testing::{SharedStores, start_workers};
 use errand_engine::{
     CancelOutcome, Engine, EngineConfig, FormFields, InvalidInput, Job, JobContext, JobError,
     JobEvent, JobKind, JobState, Kinds, Owner, Params, RetryPolicy, SubmitContext, SubmitOptions,
@@ -178,24 +178,6 @@ async fn open(store: &Store) -> Engine {
     Engine::open_with_kinds(store.config(), Kinds::builtin(&[]).with(Flaky))
         .await
         .expect("engine opens")
-}
-
-fn start_workers(
-    engine: &Engine,
-) -> (
-    oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), errand_engine::EngineError>>,
-) {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let engine = engine.clone();
-    let workers = tokio::spawn(async move {
-        engine
-            .run_workers(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    (stop, workers)
 }
 
 async fn running(backend: Backend) -> Running {

@@ -125,7 +125,7 @@ impl Application {
             (config.ip_rate, config.ip_burst),
             config.trust_forwarded,
         );
-        tokio::spawn(throttle.clone().forget_idle_keys());
+        tokio::spawn(Throttle::forget_idle_keys(Arc::downgrade(&throttle)));
         let guards = Guards {
             site: Arc::new(site),
             throttle,

@@ -69,16 +69,19 @@ impl Throttle {
     }
 
     /// Forgets every key whose allowance is full again, so the tables stay as small as the
-    /// set of recent senders; runs until the process ends.
-    pub(crate) async fn forget_idle_keys(self: Arc<Self>) {
+    /// set of recent senders; ends when the routes holding the limits are gone.
+    pub(crate) async fn forget_idle_keys(throttle: std::sync::Weak<Self>) {
         let mut every = tokio::time::interval(FORGET_EVERY);
         loop {
             every.tick().await;
-            if let Some(limiter) = &self.per_session {
+            let Some(throttle) = throttle.upgrade() else {
+                return;
+            };
+            for limiter in throttle.per_session.iter() {
                 limiter.retain_recent();
                 limiter.shrink_to_fit();
             }
-            if let Some(limiter) = &self.per_address {
+            for limiter in throttle.per_address.iter() {
                 limiter.retain_recent();
                 limiter.shrink_to_fit();
             }

@@ -61,12 +61,9 @@ pub enum ApiError {
     TooLarge,
     #[error("{0}")]
     Conflict(String),
-    /// A rate limit or quota; `retry_after` (seconds) when waiting helps by itself.
-    #[error("{message}")]
-    TooMany {
-        message: String,
-        retry_after: Option<u64>,
-    },
+    /// A rate limit or a quota (the rate limits add their own `Retry-After`).
+    #[error("{0}")]
+    TooMany(String),
     #[error("an internal error occurred")]
     Internal,
 }
@@ -87,31 +84,18 @@ impl IntoResponse for ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        let retry_after = match &self {
-            ApiError::TooMany {
-                retry_after: Some(seconds),
-                ..
-            } => Some(*seconds),
-            _ => None,
         };
         let field = match &self {
             ApiError::BadRequest { field, .. } => field.clone(),
             _ => None,
         };
-        let mut response = (
+        (
             status,
             Json(json!({ "error": self.to_string(), "field": field })),
         )
-            .into_response();
-        if let Some(seconds) = retry_after {
-            response
-                .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, seconds.into());
-        }
-        response
+            .into_response()
     }
 }
 
@@ -135,10 +119,7 @@ impl From<SubmitError> for ApiError {
                     }
                 }),
             },
-            over @ SubmitError::OverQuota(_) => ApiError::TooMany {
-                message: over.to_string(),
-                retry_after: None,
-            },
+            over @ SubmitError::OverQuota(_) => ApiError::TooMany(over.to_string()),
             SubmitError::Engine(err) => err.into(),
         }
     }

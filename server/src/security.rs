@@ -66,7 +66,7 @@ impl SiteOrigin {
                     .get(header::HOST)
                     .and_then(|h| h.to_str().ok())
                     .map(str::to_ascii_lowercase);
-                authority.is_some() && authority.map(str::to_owned) == host
+                authority.is_some_and(|authority| host.as_deref() == Some(authority))
             }
         }
     }
@@ -84,13 +84,9 @@ pub fn cross_site_refusal(
     headers: &HeaderMap,
     site: &SiteOrigin,
 ) -> Option<String> {
-    if matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    ) {
+    if method.is_safe() {
         return None;
     }
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(fetch_site) = headers.get("sec-fetch-site") {
         return match fetch_site.to_str().unwrap_or_default() {
             "same-origin" | "none" => None,
@@ -100,8 +96,8 @@ pub fn cross_site_refusal(
             )),
         };
     }
-    match text("origin") {
-        None if headers.get(header::ORIGIN).is_none() => None,
+    let origin = headers.get(header::ORIGIN)?.to_str().ok();
+    match origin {
         Some(origin) if site.matches(origin, headers) => None,
         origin => Some(format!(
             "cross-site request refused: this request came from another site (Origin: {}); \

@@ -167,11 +167,7 @@ fn too_many(request: &Request, wait: Duration) -> Response {
         )
             .into_response()
     } else {
-        ApiError::TooMany {
-            message,
-            retry_after: None,
-        }
-        .into_response()
+        ApiError::TooMany(message).into_response()
     };
     response
         .headers_mut()

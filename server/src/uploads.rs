@@ -375,10 +375,7 @@ async fn upload_api(
                         message,
                         field: Some(field),
                     },
-                    UploadError::OverQuota(message) => ApiError::TooMany {
-                        message,
-                        retry_after: None,
-                    },
+                    UploadError::OverQuota(message) => ApiError::TooMany(message),
                     UploadError::Storage(err) => {
                         tracing::error!(%err, "could not store an upload");
                         ApiError::Internal
@@ -417,7 +414,7 @@ async fn job_file(
         .oneshot(request)
         .await
         .map_err(|_| ApiError::Internal)?;
-    if response.status().is_success() || response.status() == StatusCode::PARTIAL_CONTENT {
+    if response.status().is_success() {
         file_headers(response.headers_mut(), &name);
     }
     Ok(response.map(Body::new))

@@ -38,6 +38,16 @@ pub fn parse_ms(rfc3339: &str) -> Option<i64> {
     }
 }
 
+/// A unix time in ms as `HH:MM` UTC (the same on the server and in the browser).
+pub fn short_time(ms: i64) -> String {
+    let minutes = ms.div_euclid(60_000);
+    format!(
+        "{:02}:{:02} UTC",
+        minutes.div_euclid(60).rem_euclid(24),
+        minutes.rem_euclid(60)
+    )
+}
+
 /// Whole seconds from now until `rfc3339` (0 once it has passed).
 pub fn seconds_until(rfc3339: &str, now: i64) -> i64 {
     parse_ms(rfc3339).map_or(0, |at| ((at - now).max(0) + 999) / 1000)

@@ -20,6 +20,9 @@ pub enum AppError {
     /// to try again.
     #[error("{0}")]
     Limited(String),
+    /// The operator's role may not do this (a console viewer acting).
+    #[error("{0}")]
+    Forbidden(String),
     /// Something failed on the server; details are in its log.
     #[error("something went wrong on the server; please try again")]
     Internal,

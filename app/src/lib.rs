@@ -2,8 +2,11 @@
 //! hydrated in the browser (`hydrate`). Server-only code lives in [`server`].
 
 pub mod clock;
+pub mod console;
 pub mod error;
 pub mod jobs;
+#[cfg(feature = "hydrate")]
+mod live;
 pub mod not_found;
 #[cfg(feature = "ssr")]
 pub mod server;
@@ -11,7 +14,7 @@ pub mod wire;
 
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Title, provide_meta_context};
-use leptos_router::components::{A, Route, Router, Routes};
+use leptos_router::components::{A, ParentRoute, Route, Router, Routes};
 use leptos_router::{SsrMode, path};
 
 pub use not_found::NotFound;
@@ -65,6 +68,16 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/") view=jobs::NewJobPage/>
                     <Route path=path!("/jobs") view=jobs::JobListPage/>
                     <Route path=path!("/jobs/:id") view=jobs::JobPage ssr=SsrMode::Async/>
+                    // The operators' console: whole pages at once (they work without JavaScript).
+                    <Route path=path!("/admin/login") view=console::LoginPage/>
+                    <ParentRoute path=path!("/admin") view=console::ConsoleLayout>
+                        <Route path=path!("") view=console::OverviewPage ssr=SsrMode::Async/>
+                        <Route path=path!("jobs") view=console::ConsoleJobsPage ssr=SsrMode::Async/>
+                        <Route path=path!("jobs/:id") view=console::ConsoleJobPage ssr=SsrMode::Async/>
+                        <Route path=path!("kinds") view=console::KindsPage ssr=SsrMode::Async/>
+                        <Route path=path!("workers") view=console::WorkersPage ssr=SsrMode::Async/>
+                        <Route path=path!("audit") view=console::AuditPage ssr=SsrMode::Async/>
+                    </ParentRoute>
                 </Routes>
             </main>
         </Router>

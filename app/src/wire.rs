@@ -151,6 +151,8 @@ pub mod event {
     pub const JOB: &str = "job";
     /// A log line was appended (`LogLineView`).
     pub const LOG: &str = "log";
+    /// The watcher fell behind and missed changes: re-read what it shows (console streams).
+    pub const RESYNC: &str = "resync";
 }
 
 #[cfg(test)]

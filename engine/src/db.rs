@@ -31,6 +31,16 @@ pub(crate) async fn sqlite(options: SqliteConnectOptions) -> Result<SqlitePool, 
         .await
 }
 
+/// Begins a SQLite transaction that writes: `BEGIN IMMEDIATE` takes the write lock at once
+/// (waiting for it with the busy timeout). A deferred `BEGIN` would take a read snapshot first,
+/// and when another connection commits while it waits for the lock, SQLite fails the upgrade at
+/// once ("database is locked") instead of waiting.
+pub(crate) async fn write_transaction(
+    pool: &SqlitePool,
+) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+    pool.begin_with("BEGIN IMMEDIATE").await
+}
+
 /// Connects to Postgres at `url`.
 pub(crate) async fn postgres(url: &str) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()

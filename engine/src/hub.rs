@@ -20,6 +20,9 @@ const JOB_CHANNEL_CAPACITY: usize = 32;
 /// The same for the watcher of all an owner's jobs (the job list), which has no way to catch
 /// up and sees the changes of many jobs at once.
 const OWNER_CHANNEL_CAPACITY: usize = 256;
+/// The same for the console's watchers of every job: a watcher that falls behind re-reads
+/// its page instead.
+const ALL_CHANNEL_CAPACITY: usize = 1024;
 
 /// Something that happened to a job.
 #[derive(Debug, Clone)]
@@ -71,6 +74,8 @@ impl<T> std::ops::Deref for Shared<T> {
 pub enum Topic {
     Job(JobId),
     Owner(Owner),
+    /// Every job's changes (the operators' console).
+    All,
 }
 
 /// The open topics; `None` once the hub is closed.
@@ -180,6 +185,7 @@ impl Hub {
                 let capacity = match topic {
                     Topic::Job(_) => JOB_CHANNEL_CAPACITY,
                     Topic::Owner(_) => OWNER_CHANNEL_CAPACITY,
+                    Topic::All => ALL_CHANNEL_CAPACITY,
                 };
                 topics
                     .entry(topic.clone())
@@ -217,6 +223,7 @@ impl Hub {
         let id = Topic::Job(job.id);
         let event = JobEvent::Changed(Arc::new(Shared::new(job)));
         self.publish(&id, event.clone());
+        self.publish(&Topic::All, event.clone());
         self.publish(&owner, event);
     }
 

@@ -2,6 +2,7 @@
 //! tied together by [`Engine`]. This crate knows nothing of HTTP, sessions or Leptos: the web
 //! layer hands it an [`Owner`] and plain values, and gets plain values back.
 
+pub mod console;
 mod db;
 pub mod files;
 pub mod hub;
@@ -13,10 +14,12 @@ pub mod queue;
 pub mod registry;
 mod relay;
 mod supervisor;
+pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod worker;
 
+pub use console::{BulkAction, BulkStatus, ConsoleError, Operator, PAUSED_STAGE, Role};
 pub use files::{Files, StoredUpload, UploadId, UploadMeta};
 pub use hub::{Hub, JobEvent, Shared, Subscription, Topic};
 pub use kinds::{
@@ -26,7 +29,9 @@ pub use kinds::{
 pub use lifecycle::CancelOutcome;
 pub use model::{Job, JobId, JobState, LogLine, Owner, now_ms};
 pub use queue::{Queue, QueueError, QueuedJob};
-pub use registry::{JobFilter, Registry, RegistryError};
+pub use registry::{
+    AuditEntry, FinishedCount, JobFilter, JobQuery, Registry, RegistryError, Timing, WorkerInfo,
+};
 pub use worker::JobContext;
 
 use serde_json::Value;
@@ -55,6 +60,8 @@ pub struct EngineConfig {
     /// Most jobs one owner may have queued or running; `None` for no quota. Submits check it
     /// before they insert, so concurrent submits of one owner can pass it by a few.
     pub max_active_per_owner: Option<u32>,
+    /// What this process says of itself on the console's workers page.
+    pub about: About,
 }
 
 impl EngineConfig {
@@ -68,6 +75,10 @@ impl EngineConfig {
             database_url: None,
             queue_url: None,
             max_active_per_owner: None,
+            about: About {
+                role: "serve".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            },
         }
     }
 }
@@ -237,6 +248,20 @@ struct Inner {
     _lock: Option<Arc<std::fs::File>>,
     /// Where the reconciler's next pass starts (see `Engine::reconcile`).
     reconcile_from: tokio::sync::Mutex<Option<(i64, JobId)>>,
+    /// Bulk actions and the paused kinds as last read (see `console`).
+    console: console::ConsoleState,
+    /// What this process says of itself on the console's workers page.
+    about: About,
+    /// True while this process's workers run (for readiness checks).
+    workers_up: std::sync::atomic::AtomicBool,
+}
+
+/// What a process says of itself to operators (the console's workers page).
+#[derive(Debug, Clone, Default)]
+pub struct About {
+    /// `serve`, `web` or `worker`.
+    pub role: String,
+    pub version: String,
 }
 
 impl Engine {
@@ -290,6 +315,7 @@ impl Engine {
         }
 
         let files = Files::open(config.data_dir.join("files"))?;
+        let about = config.about.clone();
         let engine = Self {
             inner: Arc::new(Inner {
                 config,
@@ -305,6 +331,9 @@ impl Engine {
                 )),
                 _lock: lock,
                 reconcile_from: tokio::sync::Mutex::new(None),
+                console: console::ConsoleState::default(),
+                about,
+                workers_up: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         // Processes sharing the jobs share their live events too: over Redis when the queue is
@@ -326,6 +355,20 @@ impl Engine {
     /// This process's worker name, unique per start.
     pub fn node(&self) -> &str {
         &self.inner.node
+    }
+
+    /// True while this process's workers run (set by `run_workers`).
+    pub fn workers_running(&self) -> bool {
+        self.inner
+            .workers_up
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Checks that the registry and the queue answer (a readiness probe).
+    pub async fn ping(&self) -> Result<(), EngineError> {
+        self.registry().ping().await?;
+        self.queue().ping().await?;
+        Ok(())
     }
 
     /// True when other processes may share this engine's jobs (a Postgres registry).
@@ -411,6 +454,7 @@ impl Engine {
         job.idempotency_key = options.idempotency_key;
         job.run_at = options.run_at.filter(|at| *at > job.created_at);
         job.retry_of = options.retry_of;
+        job.stage = self.paused_stage(kind).await;
         tracing::Span::current().record("job_id", tracing::field::display(job.id));
         self.enqueue(job).await
     }
@@ -449,6 +493,7 @@ impl Engine {
             return Err(EngineError::from(err).into());
         }
         let id = job.id;
+        telemetry::submitted(&job.kind);
         self.hub().job_changed(job);
         Ok(Submitted {
             id,

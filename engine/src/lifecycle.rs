@@ -27,17 +27,27 @@ impl Engine {
         let Some(original) = self.job(owner, id).await? else {
             return Ok(None);
         };
+        Ok(Some(self.retry_job(original).await?))
+    }
+
+    /// Starts a new job like `original` (failed or cancelled), for its owner, linked to it;
+    /// `Err(state)` when it did not fail.
+    pub(crate) async fn retry_job(
+        &self,
+        original: Job,
+    ) -> Result<Result<JobId, JobState>, SubmitError> {
         if !matches!(original.state, JobState::Failed | JobState::Cancelled) {
-            return Ok(Some(Err(original.state)));
+            return Ok(Err(original.state));
         }
         let mut job = Job::new(
-            owner.clone(),
+            original.owner.clone(),
             &original.kind,
             original.params,
             self.kinds().policy(&original.kind).max_attempts,
         );
-        job.retry_of = Some(id);
-        Ok(Some(Ok(self.enqueue(job).await?.id)))
+        job.retry_of = Some(original.id);
+        job.stage = self.paused_stage(&job.kind).await;
+        Ok(Ok(self.enqueue(job).await?.id))
     }
 
     /// Deletes every job that finished more than `age` ago, with its files and its records in
@@ -52,7 +62,8 @@ impl Engine {
                 return Ok(purged);
             }
             for job in &expired {
-                self.delete(&job.owner, job.id).await?;
+                // Only finished jobs expire, and finished jobs can always be deleted.
+                let _ = self.delete_job(job).await?;
             }
             purged += expired.len();
         }
@@ -68,23 +79,29 @@ impl Engine {
         let Some(job) = self.job(owner, id).await? else {
             return Ok(None);
         };
+        Ok(Some(self.cancel_job(&job).await?))
+    }
+
+    /// Cancels `job`: at once if it has not started, by signalling its handler if it runs.
+    pub(crate) async fn cancel_job(&self, job: &Job) -> Result<CancelOutcome, EngineError> {
+        let id = job.id;
         if job.state.is_terminal() {
-            return Ok(Some(CancelOutcome::AlreadyFinished(job.state)));
+            return Ok(CancelOutcome::AlreadyFinished(job.state));
         }
         if let Some(cancelled) = self.registry().cancel_queued(id).await? {
             self.hub().job_changed(cancelled.clone());
-            return Ok(Some(CancelOutcome::Cancelled(Box::new(cancelled))));
+            return Ok(CancelOutcome::Cancelled(Box::new(cancelled)));
         }
         // It started in the meantime (or was running already): signal its handler, here and in
         // the other processes (a copy of its task here may be one the registry refuses to
         // start, while the attempt that counts runs elsewhere).
         self.running().cancel(id);
         self.hub().relay_surely(relay::Outgoing::Cancel(id)).await;
-        match self.job(owner, id).await? {
+        match self.registry().get(id).await? {
             Some(job) if job.state.is_terminal() && job.state != JobState::Cancelled => {
-                Ok(Some(CancelOutcome::AlreadyFinished(job.state)))
+                Ok(CancelOutcome::AlreadyFinished(job.state))
             }
-            _ => Ok(Some(CancelOutcome::Requested)),
+            _ => Ok(CancelOutcome::Requested),
         }
     }
 
@@ -99,8 +116,15 @@ impl Engine {
         let Some(job) = self.job(owner, id).await? else {
             return Ok(None);
         };
+        Ok(Some(self.delete_job(&job).await?))
+    }
+
+    /// Deletes finished `job` with its log, its output files and its upload; `Err(state)` when
+    /// it is not finished (nothing is deleted).
+    pub(crate) async fn delete_job(&self, job: &Job) -> Result<Result<(), JobState>, EngineError> {
+        let id = job.id;
         if !job.state.is_terminal() {
-            return Ok(Some(Err(job.state)));
+            return Ok(Err(job.state));
         }
         self.registry().delete(id).await?;
         self.files().delete_job(id)?;
@@ -111,7 +135,7 @@ impl Engine {
         {
             self.files().delete_upload(upload)?;
         }
-        Ok(Some(Ok(())))
+        Ok(Ok(()))
     }
 
     /// Deletes the uploads made more than `age` ago that no job reads (uploaded and never

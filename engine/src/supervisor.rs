@@ -4,10 +4,11 @@
 
 use crate::model::now_ms;
 use crate::queue::{self, QueuedJob};
-use crate::registry::Outcome;
+use crate::registry::{Outcome, WorkerInfo};
 use crate::{Engine, EngineError, Job, JobId, JobState, worker};
 use apalis::prelude::*;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// The last error of a job whose worker died while it ran.
@@ -56,6 +57,19 @@ macro_rules! run_monitor {
     }};
 }
 
+/// How long a worker process that stopped beating stays listed (as dead) on the console.
+const WORKERS_FORGOTTEN_AFTER: Duration = Duration::from_secs(3600);
+
+/// This machine's name, for the console's workers page.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 impl Engine {
     /// Runs this process's workers until `shutdown` resolves, then lets running jobs finish
     /// within the configured grace period and puts back in the queue the ones that did not.
@@ -63,7 +77,18 @@ impl Engine {
         &self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), EngineError> {
-        self.registry().beat(self.node()).await?;
+        let about = &self.inner.about;
+        let info = WorkerInfo {
+            name: self.node().to_owned(),
+            host: host_name(),
+            role: about.role.clone(),
+            version: about.version.clone(),
+            started_at: now_ms(),
+            concurrency: u32::try_from(self.inner.config.concurrency).unwrap_or(u32::MAX),
+            last_seen: 0,
+            running: 0,
+        };
+        self.registry().register_worker(&info).await?;
         // On one node, a job left running can only be a crash's: recover it at once. Where
         // processes share the jobs, only those of a worker that stopped beating.
         let silent_for = self.is_shared().then_some(queue::ORPHANED_AFTER);
@@ -86,12 +111,14 @@ impl Engine {
             }
         }
         let beating = tokio::spawn(self.clone().beat_and_recover());
+        self.inner.workers_up.store(true, Ordering::Relaxed);
         let result = match self.queue().storage() {
             queue::Storage::Sqlite(storage) => run_monitor!(self, storage, shutdown),
             queue::Storage::Postgres(storage) => run_monitor!(self, storage, shutdown),
             queue::Storage::Redis(storage) => run_monitor!(self, storage, shutdown),
         };
         beating.abort();
+        self.inner.workers_up.store(false, Ordering::Relaxed);
         // Jobs still running past the grace period go back to the queue for the next start or
         // another worker; the attempt they were on counts (a last attempt fails instead). One
         // job's storage error does not keep the others from being taken back.
@@ -122,16 +149,19 @@ impl Engine {
             if let Err(err) = self.reconcile(STRANDED_AFTER).await {
                 tracing::error!(%err, "could not reconcile the registry with the queue");
             }
-            if !self.is_shared() {
-                continue;
+            if self.is_shared() {
+                let silent_for = Some(queue::ORPHANED_AFTER);
+                match self.recover_orphans(silent_for).await {
+                    Ok(0) => {}
+                    Ok(recovered) => {
+                        tracing::warn!(recovered, "requeued jobs of a stopped worker")
+                    }
+                    Err(err) => tracing::error!(%err, "could not recover a stopped worker's jobs"),
+                }
             }
-            let silent_for = Some(queue::ORPHANED_AFTER);
-            match self.recover_orphans(silent_for).await {
-                Ok(0) => {}
-                Ok(recovered) => tracing::warn!(recovered, "requeued jobs of a stopped worker"),
-                Err(err) => tracing::error!(%err, "could not recover a stopped worker's jobs"),
-            }
-            if let Err(err) = self.registry().forget_workers("", silent_for).await {
+            // A dead worker stays on the console's workers page for a while (shown as dead).
+            let forgotten_after = Some(WORKERS_FORGOTTEN_AFTER);
+            if let Err(err) = self.registry().forget_workers("", forgotten_after).await {
                 tracing::error!(%err, "could not forget stopped workers");
             }
         }

@@ -210,6 +210,14 @@ pub(crate) async fn execute(engine: &Engine, task: QueuedJob) -> Result<(), Engi
         return Ok(());
     };
     tracing::debug!(kind = %job.kind, attempt = job.attempts, "job started");
+    let started = Instant::now();
+    let due = task.run_at.unwrap_or(job.created_at);
+    let waited = job
+        .started_at
+        .unwrap_or_else(now_ms)
+        .saturating_sub(due)
+        .max(0);
+    crate::telemetry::started(&job.kind, Duration::from_millis(waited as u64));
     engine.hub().job_changed(job.clone());
 
     let policy = engine.kinds().policy(&job.kind);
@@ -284,6 +292,7 @@ pub(crate) async fn execute(engine: &Engine, task: QueuedJob) -> Result<(), Engi
     match record_outcome(engine, &last, outcome).await {
         Some(done) => {
             tracing::debug!(state = done.state.as_str(), "job finished");
+            crate::telemetry::finished(&done.kind, done.state.as_str(), started.elapsed());
             engine.hub().job_changed(done);
         }
         None => tracing::debug!("job left the running state while it ran"),

@@ -6,9 +6,9 @@
 
 use errand_engine::testing::{SharedStores, start_workers};
 use errand_engine::{
-    CancelOutcome, Engine, EngineConfig, FormFields, InvalidInput, Job, JobContext, JobError,
-    JobEvent, JobKind, JobState, Kinds, Owner, Params, RetryPolicy, SubmitContext, SubmitOptions,
-    Topic, now_ms,
+    BulkAction, CancelOutcome, ConsoleError, Engine, EngineConfig, FormFields, InvalidInput, Job,
+    JobContext, JobError, JobEvent, JobKind, JobQuery, JobState, Kinds, Operator, Owner, Params,
+    RetryPolicy, Role, SubmitContext, SubmitOptions, Topic, now_ms,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -69,6 +69,9 @@ conformance!(
     a_result_over_the_limit_fails_the_job_at_once,
     a_taken_back_attempt_cannot_write_to_the_log_of_the_next,
     an_owner_over_its_quota_of_active_jobs_is_refused_until_one_finishes,
+    the_console_finds_every_owners_jobs_by_state_kind_owner_and_words,
+    a_paused_kind_waits_and_runs_after_it_is_resumed,
+    a_bulk_retry_retries_each_failed_job_once_and_is_audited,
 );
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -1123,4 +1126,331 @@ async fn an_owner_over_its_quota_of_active_jobs_is_refused_until_one_finishes(ba
         .submit(&owner(), "sleep", sleep(), SubmitOptions::default())
         .await
         .expect("room again after a cancel");
+}
+
+fn admin() -> Operator {
+    Operator {
+        role: Role::Admin,
+        session: "test-admin".into(),
+    }
+}
+
+/// Submits a `flaky` job for `owner` that fails at once, for good, and waits until it has.
+async fn failed_job(engine: &Engine, owner: &Owner) -> errand_engine::JobId {
+    let id = engine
+        .submit(
+            owner,
+            "flaky",
+            Params::Json(json!({ "fail_times": 1, "permanent": true })),
+            SubmitOptions::default(),
+        )
+        .await
+        .expect("submit")
+        .id;
+    wait_for(engine, id, |job| job.state == JobState::Failed).await;
+    id
+}
+
+/// Waits (10 s at most) until any owner's job `id` is as `done` wants.
+async fn wait_for(engine: &Engine, id: errand_engine::JobId, done: impl Fn(&Job) -> bool) -> Job {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let job = engine.registry().get(id).await.expect("read").expect("job");
+        if done(&job) {
+            return job;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out; job is {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn the_console_finds_every_owners_jobs_by_state_kind_owner_and_words(backend: Backend) {
+    let app = running(backend).await;
+    let (alice, bob) = (Owner("alice".into()), Owner("bob".into()));
+    let failed = failed_job(&app.engine, &alice).await;
+    let ok = app
+        .engine
+        .submit(
+            &bob,
+            "sleep",
+            Params::Json(json!({ "ms": 0 })),
+            SubmitOptions::default(),
+        )
+        .await
+        .expect("submit")
+        .id;
+    wait_for(&app.engine, ok, |job| job.state == JobState::Succeeded).await;
+    let registry = app.engine.registry();
+    let ids = |jobs: Vec<Job>| jobs.into_iter().map(|job| job.id).collect::<Vec<_>>();
+    let list = |query: JobQuery| async move {
+        ids(registry.console_list(&query, None, 50).await.expect("list"))
+    };
+
+    assert_eq!(
+        list(JobQuery::default()).await,
+        [ok, failed],
+        "every owner, newest first"
+    );
+    let failed_only = JobQuery {
+        state: Some(JobState::Failed),
+        ..JobQuery::default()
+    };
+    assert_eq!(list(failed_only).await, [failed]);
+    let bobs = JobQuery {
+        owner: Some(bob.clone()),
+        ..JobQuery::default()
+    };
+    assert_eq!(list(bobs).await, [ok]);
+    let sleeps = JobQuery {
+        kind: Some("sleep".into()),
+        ..JobQuery::default()
+    };
+    assert_eq!(list(sleeps).await, [ok]);
+    // Words of the error ("flaky failure 1"), of the parameters, and a prefix.
+    for words in ["flaky failure", "permanent", "failu"] {
+        let search = JobQuery {
+            search: Some(words.into()),
+            ..JobQuery::default()
+        };
+        assert_eq!(list(search).await, [failed], "{words}");
+    }
+    for nothing in ["nowhere", "\"*)(", "OR AND NOT"] {
+        let search = JobQuery {
+            search: Some(nothing.into()),
+            ..JobQuery::default()
+        };
+        assert!(list(search).await.is_empty(), "{nothing}");
+    }
+    let later = JobQuery {
+        created_from: Some(now_ms() + 1_000),
+        ..JobQuery::default()
+    };
+    assert!(list(later).await.is_empty());
+    let earlier = JobQuery {
+        created_before: Some(now_ms() + 1_000),
+        ..JobQuery::default()
+    };
+    assert_eq!(list(earlier).await.len(), 2);
+
+    let counts = registry
+        .console_counts(&JobQuery {
+            state: Some(JobState::Failed),
+            ..JobQuery::default()
+        })
+        .await
+        .expect("counts");
+    let count_of = |state: JobState| counts.iter().find(|(s, _)| *s == state).map(|(_, n)| *n);
+    assert_eq!(count_of(JobState::Failed), Some(1));
+    assert_eq!(
+        count_of(JobState::Succeeded),
+        Some(1),
+        "the state filter is left out"
+    );
+    assert_eq!(count_of(JobState::Queued), Some(0));
+
+    let detail = app
+        .engine
+        .console_job(failed)
+        .await
+        .expect("read")
+        .expect("job");
+    assert_eq!(detail.job.owner, alice);
+    assert!(
+        registry.worker_of(failed).await.expect("read").is_some(),
+        "its last worker"
+    );
+    app.stop().await;
+}
+
+async fn a_paused_kind_waits_and_runs_after_it_is_resumed(backend: Backend) {
+    let app = running(backend).await;
+    let viewer = Operator {
+        role: Role::Viewer,
+        session: "v".into(),
+    };
+    assert!(matches!(
+        app.engine.pause_kind(&viewer, "flaky").await,
+        Err(ConsoleError::ReadOnly)
+    ));
+    assert!(matches!(
+        app.engine.pause_kind(&admin(), "no-such-kind").await,
+        Err(ConsoleError::NotFound)
+    ));
+    let queued_before = submit(
+        &app.engine,
+        "flaky",
+        json!({ "sleep_ms": 0 }),
+        SubmitOptions {
+            run_at: Some(now_ms() + 300),
+            ..SubmitOptions::default()
+        },
+    )
+    .await;
+    app.engine
+        .pause_kind(&admin(), "flaky")
+        .await
+        .expect("pause");
+    let submitted_while_paused =
+        submit(&app.engine, "flaky", json!({}), SubmitOptions::default()).await;
+    // Other kinds still run.
+    let other = submit(
+        &app.engine,
+        "sleep",
+        json!({ "ms": 0 }),
+        SubmitOptions::default(),
+    )
+    .await;
+    finished(&app.engine, other).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    for id in [queued_before, submitted_while_paused] {
+        let job = job(&app.engine, id).await;
+        assert_eq!(job.state, JobState::Queued, "{job:?}");
+        assert_eq!(job.stage.as_deref(), Some(errand_engine::PAUSED_STAGE));
+    }
+    let resumed = app
+        .engine
+        .resume_kind(&admin(), "flaky")
+        .await
+        .expect("resume");
+    assert_eq!(resumed, 2);
+    for id in [queued_before, submitted_while_paused] {
+        assert_eq!(finished(&app.engine, id).await.state, JobState::Succeeded);
+    }
+    let audit = app
+        .engine
+        .registry()
+        .audit_log(None, 10)
+        .await
+        .expect("audit");
+    let actions: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|(_, entry)| (entry.action.as_str(), entry.target.as_str()))
+        .collect();
+    assert_eq!(actions, [("resume", "flaky"), ("pause", "flaky")]);
+    assert_eq!(audit[0].1.role, "admin");
+    app.stop().await;
+}
+
+async fn a_bulk_retry_retries_each_failed_job_once_and_is_audited(backend: Backend) {
+    let app = running(backend).await;
+    let mut failed = Vec::new();
+    for i in 0..12 {
+        let owner = Owner(format!("owner-{}", i % 3));
+        failed.push(failed_job(&app.engine, &owner).await);
+    }
+    let ok = submit(
+        &app.engine,
+        "sleep",
+        json!({ "ms": 0 }),
+        SubmitOptions::default(),
+    )
+    .await;
+    finished(&app.engine, ok).await;
+    let everything = JobQuery::default();
+    let engine = &app.engine;
+    assert_eq!(
+        engine
+            .bulk_preview(BulkAction::Retry, &everything)
+            .await
+            .expect("count"),
+        12
+    );
+    assert_eq!(
+        engine
+            .bulk_preview(BulkAction::Delete, &everything)
+            .await
+            .expect("count"),
+        13
+    );
+    assert_eq!(
+        engine
+            .bulk_preview(BulkAction::Cancel, &everything)
+            .await
+            .expect("count"),
+        0
+    );
+    let viewer = Operator {
+        role: Role::Viewer,
+        session: "v".into(),
+    };
+    assert!(matches!(
+        engine
+            .start_bulk(&viewer, BulkAction::Retry, everything.clone(), "all".into())
+            .await,
+        Err(ConsoleError::ReadOnly)
+    ));
+
+    let run_bulk = |target: &'static str| async move {
+        let id = engine
+            .start_bulk(
+                &admin(),
+                BulkAction::Retry,
+                JobQuery::default(),
+                target.into(),
+            )
+            .await
+            .expect("start");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = engine
+                .bulk_status()
+                .into_iter()
+                .find(|s| s.id == id)
+                .expect("status");
+            if status.finished {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "bulk still running: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let first = run_bulk("every job").await;
+    assert_eq!(
+        (first.expected, first.touched, first.error.clone()),
+        (12, 12, None)
+    );
+    for id in &failed {
+        let retries = engine.registry().retries_of(*id).await.expect("read");
+        assert_eq!(retries.len(), 1, "one retry of {id}");
+        let retry = engine
+            .registry()
+            .get(retries[0])
+            .await
+            .expect("read")
+            .expect("job");
+        assert_eq!(
+            retry.owner,
+            engine
+                .registry()
+                .get(*id)
+                .await
+                .expect("read")
+                .expect("job")
+                .owner
+        );
+    }
+    // Once retried, a job is not retried again (its retries fail too, and are new jobs the
+    // second action did not know of when it started… but may: they fail before it starts).
+    let again = run_bulk("every job, again").await;
+    let retried_retries = again.touched;
+    assert!(retried_retries <= 12, "{again:?}");
+    for id in &failed {
+        assert_eq!(
+            engine.registry().retries_of(*id).await.expect("read").len(),
+            1
+        );
+    }
+    let audit = engine.registry().audit_log(None, 10).await.expect("audit");
+    let entry = &audit.last().expect("an entry").1;
+    assert_eq!(
+        (entry.action.as_str(), entry.target.as_str(), entry.jobs),
+        ("bulk-retry", "every job", 12)
+    );
+    app.stop().await;
 }

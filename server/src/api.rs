@@ -45,6 +45,7 @@ pub fn event_routes() -> Router<AppState> {
     Router::new()
         .route("/api/jobs/events", get(owner_events))
         .route("/api/jobs/{id}/events", get(job_events))
+        .route("/api/admin/events", get(console_events))
 }
 
 /// Errors of the JSON API, each with its status code and a `{"error", "field"}` body.
@@ -356,7 +357,13 @@ async fn delete_job(
 type EventStream = Sse<KeepAliveStream<BoxStream<'static, Result<Event, Infallible>>>>;
 
 fn sse(stream: impl Stream<Item = Event> + Send + 'static) -> EventStream {
-    Sse::new(stream.map(Ok).boxed()).keep_alive(KeepAlive::default())
+    // Counted as open while the stream lives.
+    let open = crate::telemetry::OpenStream::start();
+    let stream = stream.map(move |event| {
+        let _open = &open;
+        Ok(event)
+    });
+    Sse::new(stream.boxed()).keep_alive(KeepAlive::default())
 }
 
 fn event(name: &str, data: &impl serde::Serialize) -> Event {
@@ -420,6 +427,29 @@ async fn job_events(
         }
     });
     Ok(sse(stream::once(async { snapshot }).chain(changes)))
+}
+
+/// `GET /api/admin/events` (console logins only, see `operators::gate`): every change to
+/// any job, as `job` events; `resync` when this watcher fell behind and should re-read.
+async fn console_events(State(engine): State<Engine>) -> EventStream {
+    use errand_app::wire::event::{JOB, RESYNC};
+
+    let receiver = engine.subscribe(Topic::All);
+    let changes = stream::unfold(receiver, |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(JobEvent::Changed(job)) => {
+                    return Some((shared_event(JOB, &job, job_view), receiver));
+                }
+                Ok(JobEvent::Log { .. }) => continue,
+                Err(RecvError::Lagged(_)) => {
+                    return Some((Event::default().event(RESYNC).data("{}"), receiver));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    sse(changes)
 }
 
 /// `GET /api/jobs/events`: every change to this session's jobs, as `job` events.

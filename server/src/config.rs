@@ -101,6 +101,32 @@ pub struct Config {
     #[arg(long, env = "ERRAND_SESSION_MAX_UPLOAD_MB", default_value_t = 1000)]
     pub session_max_upload_mb: u64,
 
+    /// Turns the operators' console (`/admin`) on with this password for the `admin` role,
+    /// which may act (retry, cancel, delete, pause, bulk actions). Kept in memory only as an
+    /// argon2 hash.
+    #[arg(long, env = "ERRAND_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+
+    /// Reads the admin password from this file instead (its first line).
+    #[arg(long, env = "ERRAND_ADMIN_PASSWORD_FILE")]
+    pub admin_password_file: Option<PathBuf>,
+
+    /// Adds a `viewer` role to the console with this password: it sees everything and can
+    /// change nothing.
+    #[arg(long, env = "ERRAND_VIEWER_PASSWORD", hide_env_values = true)]
+    pub viewer_password: Option<String>,
+
+    /// Reads the viewer password from this file instead.
+    #[arg(long, env = "ERRAND_VIEWER_PASSWORD_FILE")]
+    pub viewer_password_file: Option<PathBuf>,
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on this address too, with no login (keep it
+    /// private); `/metrics` then leaves the main address. Without it, `/metrics` is on the main
+    /// address for the console's passwords (as a bearer token). Works in every role, `worker`
+    /// included.
+    #[arg(long, env = "ERRAND_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Internal IP addresses (comma-separated) that webhook jobs may call despite the rule
     /// against loopback, private and link-local addresses, e.g. `127.0.0.1` for a local receiver.
     #[arg(long, env = "ERRAND_WEBHOOK_ALLOW", value_delimiter = ',')]
@@ -119,6 +145,14 @@ pub enum Role {
 }
 
 impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Serve => "serve",
+            Role::Web => "web",
+            Role::Worker => "worker",
+        }
+    }
+
     pub fn serves_http(self) -> bool {
         self != Role::Worker
     }
@@ -153,6 +187,11 @@ impl Config {
             ip_burst: 100,
             session_max_active: 0,
             session_max_upload_mb: 1000,
+            admin_password: None,
+            admin_password_file: None,
+            viewer_password: None,
+            viewer_password_file: None,
+            metrics_addr: None,
             webhook_allow: vec![std::net::IpAddr::from([127, 0, 0, 1])],
         }
     }

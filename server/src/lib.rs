@@ -5,9 +5,12 @@
 pub mod api;
 mod assets;
 mod config;
+mod health;
+pub mod operators;
 pub mod security;
 pub mod session;
 mod state;
+pub mod telemetry;
 mod throttle;
 mod uploads;
 
@@ -39,6 +42,8 @@ use tower_http::trace::TraceLayer;
 pub struct Application {
     /// The HTTP side; `None` in the `worker` role.
     http: Option<(TcpListener, Router)>,
+    /// `/metrics`, `/healthz` and `/readyz` on an address of their own (`--metrics-addr`).
+    probes: Option<(TcpListener, Router)>,
     engine: Engine,
     role: Role,
     retention: Duration,
@@ -63,7 +68,13 @@ impl Application {
             queue_url: config.queue_url.clone(),
             max_active_per_owner: (config.session_max_active > 0)
                 .then_some(config.session_max_active),
+            about: errand_engine::About {
+                role: config.role.as_str().to_owned(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            },
         };
+        // Installed before anything is measured.
+        telemetry::recorder();
         let engine = Engine::open(engine_config)
             .await
             .context("could not open the job registry and queue")?;
@@ -79,8 +90,30 @@ impl Application {
         } else {
             None
         };
+        let probes = match config.metrics_addr {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("could not listen on {addr} (--metrics-addr)"))?;
+                let readiness = health::Readiness {
+                    engine: engine.clone(),
+                    runs_jobs: config.role.runs_jobs(),
+                };
+                let metrics_engine = engine.clone();
+                let router = probe_routes(readiness).route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let engine = metrics_engine.clone();
+                        async move { telemetry::render(&engine).await }
+                    }),
+                );
+                Some((listener, router))
+            }
+            None => None,
+        };
         Ok(Self {
             http,
+            probes,
             engine,
             role: config.role,
             // An absurdly long retention means "keep for ever", not a panic.
@@ -94,6 +127,21 @@ impl Application {
     async fn http(config: &Config, engine: &Engine) -> anyhow::Result<(TcpListener, Router)> {
         let session_key = session::load_key(config.session_key.as_deref(), &config.data_dir)?;
         let site = SiteOrigin::from_public_url(config.public_url.as_deref())?;
+        let console = operators::Console::new(
+            operators::read_password(
+                config.admin_password.as_deref(),
+                config.admin_password_file.as_deref(),
+                "admin-password",
+            )?,
+            operators::read_password(
+                config.viewer_password.as_deref(),
+                config.viewer_password_file.as_deref(),
+                "viewer-password",
+            )?,
+            session_key.clone(),
+            site.is_https(),
+            config.trust_forwarded,
+        )?;
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("could not listen on {}", config.addr))?;
@@ -119,6 +167,7 @@ impl Application {
                 (config.session_max_upload_mb > 0)
                     .then(|| config.session_max_upload_mb.saturating_mul(1_000_000)),
             ),
+            console,
         };
         let throttle = Throttle::new(
             (config.session_rate, config.session_burst),
@@ -129,8 +178,20 @@ impl Application {
         let guards = Guards {
             site: Arc::new(site),
             throttle,
+            readiness: health::Readiness {
+                engine: engine.clone(),
+                runs_jobs: config.role.runs_jobs(),
+            },
+            metrics_here: config.metrics_addr.is_none(),
         };
         Ok((listener, router(state, guards, &assets, &config.site_root)))
+    }
+
+    /// The address of `/metrics`, `/healthz` and `/readyz` when they have one of their own.
+    pub fn probes_addr(&self) -> Option<SocketAddr> {
+        self.probes
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
     }
 
     /// The address HTTP is served on (an unspecified one in the `worker` role).
@@ -190,6 +251,17 @@ impl Application {
             engine.hub().close();
             let _ = stop_tx.send(true);
         });
+        if let Some((listener, router)) = self.probes {
+            let stopped = stopped();
+            tokio::spawn(async move {
+                let served = axum::serve(listener, router.into_make_service())
+                    .with_graceful_shutdown(stopped)
+                    .await;
+                if let Err(err) = served {
+                    tracing::error!(%err, "the metrics and health address failed");
+                }
+            });
+        }
         let http = self.http;
         let served = async move {
             match http {
@@ -278,10 +350,21 @@ async fn purge_periodically(
     }
 }
 
-/// What stands between a request and the handlers: the cross-site check and the rate limits.
+/// What stands between a request and the handlers (the cross-site check and the rate limits),
+/// and the routes beside them (the health checks; `/metrics` unless it has its own address).
 struct Guards {
     site: Arc<SiteOrigin>,
     throttle: Arc<Throttle>,
+    readiness: health::Readiness,
+    metrics_here: bool,
+}
+
+/// `/healthz` and `/readyz`.
+fn probe_routes(readiness: health::Readiness) -> Router {
+    Router::new()
+        .route("/healthz", axum::routing::get(health::healthz))
+        .route("/readyz", axum::routing::get(health::readyz))
+        .with_state(readiness)
 }
 
 /// The routes, with (from the outside in) tracing, the security headers, the cross-site check,
@@ -295,9 +378,18 @@ fn router(state: AppState, guards: Guards, assets: &Assets, site_root: &Path) ->
         let stylesheet = stylesheet.clone();
         move || shell(options.clone(), stylesheet.clone())
     };
-    let routes = Router::new()
+    let mut routes = Router::new()
         .merge(api::routes())
         .merge(uploads::routes())
+        .route("/admin/login", axum::routing::post(operators::login))
+        .route("/admin/logout", axum::routing::post(operators::logout));
+    if guards.metrics_here {
+        routes = routes.route(
+            "/metrics",
+            axum::routing::get(telemetry::metrics_behind_login),
+        );
+    }
+    let routes = routes
         .merge(assets.routes(site_root))
         .leptos_routes_with_context(&state, pages, move || provide_context(engine.clone()), page)
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(
@@ -310,6 +402,10 @@ fn router(state: AppState, guards: Guards, assets: &Assets, site_root: &Path) ->
             throttle::limit,
         ))
         .layer(axum::middleware::from_fn_with_state(
+            state.console.clone(),
+            operators::gate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             state.sessions.clone(),
             session::session,
         ))
@@ -317,9 +413,10 @@ fn router(state: AppState, guards: Guards, assets: &Assets, site_root: &Path) ->
             guards.site,
             security::cross_site_guard,
         ));
-    security::with_headers(routes)
+    let routes = routes.with_state(state);
+    security::with_headers(routes.merge(probe_routes(guards.readiness)))
+        .layer(axum::middleware::from_fn(telemetry::count_requests))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -38,7 +38,9 @@ pub async fn session(
         Some(owner) => (owner, false),
         None => (ulid::Ulid::generate().to_string(), true),
     };
-    let changes_state = !request.method().is_safe();
+    // The console's requests act for an operator, never for an anonymous session.
+    let changes_state =
+        !request.method().is_safe() && !crate::operators::is_console(request.uri().path());
     request.extensions_mut().insert(Owner(owner.clone()));
     let response = next.run(request).await;
     let done = response.status().is_success() || response.status().is_redirection();

@@ -1,5 +1,6 @@
 //! The state every handler shares.
 
+use crate::operators::Console;
 use crate::session::Sessions;
 use crate::uploads::UploadQuota;
 use axum::extract::FromRef;
@@ -12,4 +13,6 @@ pub struct AppState {
     pub engine: Engine,
     pub sessions: Sessions,
     pub upload_quota: UploadQuota,
+    /// The operators' console's access; `None` when it is off.
+    pub console: Option<std::sync::Arc<Console>>,
 }

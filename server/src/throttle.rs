@@ -87,22 +87,21 @@ impl Throttle {
             }
         }
     }
+}
 
-    /// The client's address: the connection's peer, or behind a trusted proxy the address it
-    /// appended last to `X-Forwarded-For`.
-    fn client_address(&self, request: &Request) -> IpAddr {
-        let forwarded = self
-            .trust_forwarded
-            .then(|| request.headers().get("x-forwarded-for")?.to_str().ok())
-            .flatten()
-            .and_then(|list| list.rsplit(',').next()?.trim().parse().ok());
-        forwarded
-            .or_else(|| {
-                let ConnectInfo(peer) = request.extensions().get::<ConnectInfo<SocketAddr>>()?;
-                Some(peer.ip())
-            })
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]))
-    }
+/// The client's address: the connection's peer, or behind a trusted proxy the address it
+/// appended last to `X-Forwarded-For`.
+pub(crate) fn client_address(request: &Request, trust_forwarded: bool) -> IpAddr {
+    let forwarded = trust_forwarded
+        .then(|| request.headers().get("x-forwarded-for")?.to_str().ok())
+        .flatten()
+        .and_then(|list| list.rsplit(',').next()?.trim().parse().ok());
+    forwarded
+        .or_else(|| {
+            let ConnectInfo(peer) = request.extensions().get::<ConnectInfo<SocketAddr>>()?;
+            Some(peer.ip())
+        })
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
 }
 
 /// True for the requests that make work: the ones the limits apply to.
@@ -132,7 +131,7 @@ pub(crate) async fn limit(
         .get::<Owner>()
         .cloned()
         .unwrap_or_else(|| Owner(String::new()));
-    let address = throttle.client_address(&request);
+    let address = client_address(&request, throttle.trust_forwarded);
     match throttle.check(&owner, address) {
         Ok(()) => next.run(request).await,
         Err(wait) => {

@@ -269,7 +269,7 @@ fn merge_logs(logs: &mut Vec<LogLineView>, snapshot: Vec<LogLineView>) {
 
 #[cfg(feature = "hydrate")]
 fn subscribe(job: RwSignal<JobView>, logs: RwSignal<Vec<LogLineView>>) {
-    use super::live::{Done, watch};
+    use crate::live::{Done, watch};
     use crate::wire::event;
     use std::rc::Rc;
 

@@ -84,7 +84,7 @@ fn upsert(jobs: &mut Vec<JobView>, job: JobView) {
 
 #[cfg(feature = "hydrate")]
 fn subscribe(jobs: RwSignal<Vec<JobView>>) {
-    use super::live::{Done, watch};
+    use crate::live::{Done, watch};
     use crate::wire::event;
     use std::rc::Rc;
 

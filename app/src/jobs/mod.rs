@@ -6,8 +6,6 @@ pub mod detail;
 pub mod form;
 pub mod kinds;
 pub mod list;
-#[cfg(feature = "hydrate")]
-mod live;
 pub mod results;
 
 pub use detail::JobPage;

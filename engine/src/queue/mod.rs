@@ -50,7 +50,7 @@ pub(crate) const HEARTBEAT: Duration = Duration::from_secs(5);
 const MISSED_HEARTBEATS: u32 = 3;
 
 /// A worker silent this long is dead: its jobs, and the tasks it had fetched, go to others.
-pub(crate) const ORPHANED_AFTER: Duration =
+pub const ORPHANED_AFTER: Duration =
     Duration::from_secs(HEARTBEAT.as_secs() * MISSED_HEARTBEATS as u64);
 
 /// What travels through apalis: the id of a job in the registry.
@@ -310,6 +310,19 @@ impl Queue {
             .rows_affected(),
         };
         Ok(deleted)
+    }
+
+    /// Checks that the queue's storage answers (one small read).
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let probe = [String::new()];
+        match &self.storage {
+            Storage::Sqlite(storage) => drop(storage.persistence().contains(&probe).await?),
+            Storage::Redis(storage) => drop(storage.persistence().contains(&probe).await?),
+            Storage::Postgres(storage) => {
+                sqlx::query("SELECT 1").execute(storage.pool()).await?;
+            }
+        }
+        Ok(())
     }
 
     /// How many task records the queue holds, finished ones included (for operators and tests).

@@ -132,7 +132,7 @@ async fn write(pool: SqlitePool, mut pending: mpsc::Receiver<Pending>) {
 }
 
 async fn insert(pool: &SqlitePool, rows: &[&Row]) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::write_transaction(pool).await?;
     insert_in(&mut tx, rows).await?;
     tx.commit().await
 }

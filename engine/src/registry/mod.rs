@@ -208,11 +208,13 @@ macro_rules! job_columns {
 }
 
 mod batch;
+mod console;
 mod logs;
 mod rows;
 mod workers;
 
 use batch::Batcher;
+pub use console::{AuditEntry, FinishedCount, JobQuery, Timing, WorkerInfo};
 use rows::job_from_row;
 
 impl Registry {
@@ -302,18 +304,24 @@ impl Registry {
     /// Removes a job and its log.
     pub async fn delete(&self, id: JobId) -> Result<(), RegistryError> {
         let id = id.to_string();
-        on_db!(self, pool => {
-            let mut tx = pool.begin().await?;
-            sqlx::query("DELETE FROM job_logs WHERE job_id = $1")
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM jobs WHERE id = $1")
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        });
+        macro_rules! delete_in {
+            ($tx:expr) => {{
+                let mut tx = $tx;
+                sqlx::query("DELETE FROM job_logs WHERE job_id = $1")
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM jobs WHERE id = $1")
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }};
+        }
+        match &self.db {
+            Db::Sqlite(pool) => delete_in!(db::write_transaction(pool).await?),
+            Db::Postgres(pool) => delete_in!(pool.begin().await?),
+        }
         Ok(())
     }
 
@@ -367,7 +375,8 @@ impl Registry {
 
     /// Moves a queued job to running on `worker` and counts the attempt. Returns `None` when the
     /// job is gone, finished, or `delivery` is not its current one (a stale task), which the
-    /// caller skips.
+    /// caller skips; and when an operator paused its kind: the job stays queued without a task
+    /// (the reconciler leaves paused kinds alone) until `Engine::resume_kind` pushes it again.
     pub async fn start(
         &self,
         id: JobId,
@@ -423,6 +432,7 @@ impl Registry {
         let sql = "SELECT id, delivery, run_at, queued_at FROM jobs WHERE state = 'queued' \
                    AND queued_at < $1 AND (run_at IS NULL OR run_at < $1) \
                    AND (queued_at > $2 OR (queued_at = $2 AND id > $3)) \
+                   AND kind NOT IN (SELECT kind FROM paused_kinds) \
                    ORDER BY queued_at, id LIMIT $4";
         let (from_at, from_id) =
             from.map_or((i64::MIN, String::new()), |(at, id)| (*at, id.to_string()));
@@ -448,7 +458,6 @@ impl Registry {
             .collect()
     }
 
-    /// True when any job (in any state) reads upload `upload`.
     /// How many of `owner`'s jobs are queued or running, counting no further than `up_to`.
     pub async fn count_active(&self, owner: &Owner, up_to: u32) -> Result<u32, RegistryError> {
         let sql = "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE owner = $1 \
@@ -463,6 +472,7 @@ impl Registry {
         Ok(u32::try_from(count).unwrap_or(u32::MAX))
     }
 
+    /// True when any job (in any state) reads upload `upload`.
     pub async fn upload_in_use(&self, upload: &str) -> Result<bool, RegistryError> {
         let sql = "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE upload = $1 LIMIT 1) AS t";
         let count: i64 = on_db!(self, pool => {
@@ -589,11 +599,12 @@ impl Writer {
     async fn insert_all(&self, jobs: Vec<Job>) -> Result<Vec<Option<Job>>, RegistryError> {
         let sql = format!(
             "INSERT INTO jobs (id, owner, kind, params, state, attempts, created_at, \
-             max_attempts, run_at, delivery, retry_of, idempotency_key, queued_at, upload) \
+             max_attempts, run_at, delivery, retry_of, idempotency_key, queued_at, upload, \
+             stage) \
              VALUES {} \
              ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
              RETURNING id",
-            batch::values(jobs.len(), 14, 1)
+            batch::values(jobs.len(), 15, 1)
         );
         macro_rules! bind_jobs {
             () => {{
@@ -613,7 +624,8 @@ impl Writer {
                         .bind(job.retry_of.map(|id| id.to_string()))
                         .bind(job.idempotency_key.as_deref())
                         .bind(job.created_at)
-                        .bind(job.upload());
+                        .bind(job.upload())
+                        .bind(job.stage.as_deref());
                 }
                 query
             }};
@@ -621,7 +633,7 @@ impl Writer {
         let inserted: Vec<String> = match &self.db {
             // The job and its first task, in one transaction.
             Db::Sqlite(pool) if self.with_tasks => {
-                let mut tx = pool.begin().await?;
+                let mut tx = db::write_transaction(pool).await?;
                 let inserted: Vec<String> = bind_jobs!().fetch_all(&mut *tx).await?;
                 let new: std::collections::HashSet<&str> =
                     inserted.iter().map(String::as_str).collect();
@@ -677,6 +689,7 @@ impl Writer {
                  progress = NULL, stage = NULL, run_at = NULL, worker = $2 \
                  FROM (VALUES {}) AS t \
                  WHERE jobs.id = t.column1 AND jobs.delivery = t.column2 AND jobs.state = 'queued' \
+                 AND jobs.kind NOT IN (SELECT kind FROM paused_kinds) \
                  RETURNING {}",
                 batch::values(batch.len(), 2, 3),
                 job_columns!()
@@ -719,7 +732,7 @@ impl Writer {
     async fn finish_all(&self, requests: Vec<Finish>) -> Result<Vec<Option<Job>>, RegistryError> {
         let sql = format!(
             "UPDATE jobs SET state = t.column3, result = t.column4, error = t.column5, \
-             progress = t.column6, stage = t.column7, finished_at = $1, worker = NULL \
+             progress = t.column6, stage = t.column7, finished_at = $1 \
              FROM (VALUES {}) AS t \
              WHERE jobs.id = t.column1 AND jobs.delivery = t.column2 AND jobs.state = 'running' \
              RETURNING {}",
@@ -741,6 +754,10 @@ impl Writer {
             let rows = query.fetch_all(pool).await?;
             rows.iter().map(job_from_row).collect::<Result<_, _>>()?
         });
+        // The charts' counts: losing one to an error costs a dot on a chart, not a job.
+        if let Err(err) = self.count_finished(&jobs).await {
+            tracing::warn!(%err, "could not count finished jobs for the charts");
+        }
         Ok(answers(&requests, |r| (r.id, r.delivery), jobs))
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 impl Registry {
     /// The database's current time in unix milliseconds, as an SQL expression.
-    fn now_sql(&self) -> &'static str {
+    pub(super) fn now_sql(&self) -> &'static str {
         match &self.db {
             Db::Sqlite(_) => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
             Db::Postgres(_) => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",

@@ -14,6 +14,8 @@ use tokio::task::JoinHandle;
 
 pub struct TestApp {
     pub base: String,
+    /// The `--metrics-addr` address, when the test gave one.
+    pub probes: Option<String>,
     pub data_dir: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -49,12 +51,14 @@ impl TestApp {
         let data_dir = config.data_dir.clone();
         let app = Application::build(config).await.expect("server builds");
         let base = format!("http://127.0.0.1:{}", app.port());
+        let probes = app.probes_addr().map(|addr| format!("http://{addr}"));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
         }));
         Self {
             base,
+            probes,
             data_dir,
             stop: Some(stop),
             task: Some(task),

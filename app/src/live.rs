@@ -21,12 +21,12 @@ const POLL_EVERY: Duration = Duration::from_secs(1);
 const REOPEN_AFTER: Duration = Duration::from_secs(3);
 
 /// Applies one event (name, JSON data); returns `false` once nothing more can change.
-pub(super) type OnEvent = Rc<dyn Fn(&str, &str) -> bool>;
+pub(crate) type OnEvent = Rc<dyn Fn(&str, &str) -> bool>;
 /// Fetches the current state once, for the polling fallback; calls the given `Done` once the
 /// state it found is final.
-pub(super) type Poll = Rc<dyn Fn(Done)>;
+pub(crate) type Poll = Rc<dyn Fn(Done)>;
 /// Stops the watch.
-pub(super) type Done = Rc<dyn Fn()>;
+pub(crate) type Done = Rc<dyn Fn()>;
 
 struct Live {
     url: String,
@@ -44,7 +44,7 @@ type Shared = Rc<RefCell<Live>>;
 
 /// Watches `url` for the given event names until `on_event` says the watched thing is final or
 /// the calling component is cleaned up.
-pub(super) fn watch(
+pub(crate) fn watch(
     url: String,
     event_names: &'static [&'static str],
     on_event: OnEvent,

@@ -262,17 +262,19 @@ impl Engine {
         let who = who.clone();
         tokio::spawn(async move {
             let result = engine.run_bulk(action, &query, &status).await;
-            let touched = {
-                let mut status = status.lock().unwrap_or_else(PoisonError::into_inner);
-                status.finished = true;
-                if let Err(err) = &result {
-                    tracing::error!(%err, "a bulk action stopped early");
-                    status.error = Some("stopped early: the registry failed (see the log)".into());
-                }
-                status.touched
-            };
+            let touched = status
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .touched;
+            // In the audit log before it shows as finished.
             let what = format!("bulk-{}", action.as_str());
             engine.record(&who, &what, &target, touched).await;
+            let mut status = status.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Err(err) = &result {
+                tracing::error!(%err, "a bulk action stopped early");
+                status.error = Some("stopped early: the registry failed (see the log)".into());
+            }
+            status.finished = true;
         });
         Ok(id)
     }
@@ -366,17 +368,47 @@ impl Engine {
         self.known_kind(who, kind)?;
         self.registry().pause_kind(kind).await?;
         self.forget_paused();
-        let waiting = self.restage_queued(kind, None, Some(PAUSED_STAGE)).await?;
+        let mut waiting = 0;
+        loop {
+            let marked = self
+                .registry()
+                .mark_paused(kind, PAUSED_STAGE, BULK_PAGE)
+                .await?;
+            if marked.is_empty() {
+                break;
+            }
+            waiting += marked.len() as u64;
+            for job in marked {
+                self.hub().job_changed(job);
+            }
+        }
         self.record(who, "pause", kind, waiting).await;
         Ok(waiting)
     }
 
-    /// Resumes `kind`: its waiting jobs go back in the queue. Returns how many.
+    /// Resumes `kind`: every queued job of it goes back in the queue under a new delivery
+    /// (workers dropped the tasks they met while it was paused; a task not reached yet becomes
+    /// stale). Returns how many.
     pub async fn resume_kind(&self, who: &Operator, kind: &str) -> Result<u64, ConsoleError> {
         self.known_kind(who, kind)?;
         self.registry().resume_kind(kind).await?;
         self.forget_paused();
-        let resumed = self.restage_queued(kind, Some(PAUSED_STAGE), None).await?;
+        let (mut resumed, mut after) = (0, None);
+        loop {
+            let jobs = self
+                .registry()
+                .redeliver_queued(kind, PAUSED_STAGE, after, BULK_PAGE)
+                .await?;
+            let Some(last) = jobs.last() else { break };
+            after = Some(last.id);
+            resumed += jobs.len() as u64;
+            for job in jobs {
+                if let Err(err) = self.queue().push(job.id, job.delivery, job.run_at).await {
+                    tracing::warn!(job_id = %job.id, %err, "could not push a resumed job; the reconciler will");
+                }
+                self.hub().job_changed(job);
+            }
+        }
         self.record(who, "resume", kind, resumed).await;
         Ok(resumed)
     }
@@ -432,37 +464,6 @@ impl Engine {
             .paused
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = None;
-    }
-
-    /// Sets the stage of `kind`'s queued jobs whose stage is `from` (any other than `to` when
-    /// `None`) to `to`, page by page, telling their watchers; on resume (`to` is `None`) each
-    /// is pushed again under a new delivery, as workers dropped the tasks of a paused kind
-    /// (and a task they may not have reached yet becomes stale). Returns how many.
-    async fn restage_queued(
-        &self,
-        kind: &str,
-        from: Option<&str>,
-        to: Option<&str>,
-    ) -> Result<u64, EngineError> {
-        let mut changed = 0;
-        loop {
-            let jobs = self
-                .registry()
-                .restage_queued(kind, from, to, to.is_none(), BULK_PAGE)
-                .await?;
-            if jobs.is_empty() {
-                return Ok(changed);
-            }
-            changed += jobs.len() as u64;
-            for job in jobs {
-                if to.is_none()
-                    && let Err(err) = self.queue().push(job.id, job.delivery, job.run_at).await
-                {
-                    tracing::warn!(job_id = %job.id, %err, "could not push a resumed job; the reconciler will");
-                }
-                self.hub().job_changed(job);
-            }
-        }
     }
 
     fn known_kind(&self, who: &Operator, kind: &str) -> Result<(), ConsoleError> {

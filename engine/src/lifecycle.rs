@@ -51,10 +51,13 @@ impl Engine {
     }
 
     /// Deletes every job that finished more than `age` ago, with its files and its records in
-    /// the queue. Returns how many jobs.
+    /// the queue, and the charts' counts older than a day. Returns how many jobs.
     pub async fn purge_finished(&self, age: Duration) -> Result<usize, EngineError> {
         let cutoff = model::now_ms().saturating_sub(millis(age));
         self.queue().purge_finished(cutoff).await?;
+        // The console's charts reach back a day.
+        let day_ago = model::now_ms().div_euclid(60_000) - CHART_MINUTES_KEPT;
+        self.registry().forget_finished_counts(day_ago).await?;
         let mut purged = 0;
         loop {
             let expired = self.registry().expired(cutoff, 500).await?;
@@ -152,6 +155,9 @@ impl Engine {
         Ok(swept)
     }
 }
+
+/// How many minutes of finished-job counts the console's charts keep (a day and an hour).
+const CHART_MINUTES_KEPT: i64 = 25 * 60;
 
 /// A duration in milliseconds, saturating (a "keep forever" setting must not wrap around).
 fn millis(duration: Duration) -> i64 {

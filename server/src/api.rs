@@ -431,7 +431,11 @@ async fn job_events(
 
 /// `GET /api/admin/events` (console logins only, see `operators::gate`): every change to
 /// any job, as `job` events; `resync` when this watcher fell behind and should re-read.
-async fn console_events(State(engine): State<Engine>) -> EventStream {
+async fn console_events(
+    State(engine): State<Engine>,
+    // Put there by the console's gate; without it (a route outside the gate) this fails closed.
+    Extension(_operator): Extension<errand_engine::Operator>,
+) -> EventStream {
     use errand_app::wire::event::{JOB, RESYNC};
 
     let receiver = engine.subscribe(Topic::All);

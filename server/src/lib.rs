@@ -156,6 +156,11 @@ impl Application {
             leptos_options.hash_files = true;
             leptos_options.hash_file = hash_file.to_string_lossy().into();
         }
+        if let Some(console) = &console {
+            tokio::spawn(operators::Console::forget_idle_addresses(Arc::downgrade(
+                console,
+            )));
+        }
         let state = AppState {
             leptos_options,
             engine: engine.clone(),

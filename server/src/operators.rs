@@ -4,8 +4,9 @@
 //! from the anonymous session's. Machine clients (`/api/admin/…`, `/metrics`) may send the
 //! password as `Authorization: Bearer …` instead.
 //!
-//! Logins are rate limited per client address and overall (each costs an argon2 hash, tens of
-//! milliseconds of CPU): guessing is slow, and a flood of attempts cannot take the CPU.
+//! Logins are rate limited per client address, and at most two password checks run at once
+//! (each costs an argon2 hash, tens of milliseconds of CPU): guessing is slow, and a flood of
+//! attempts cannot take the CPU.
 
 use crate::throttle::client_address;
 use anyhow::Context;
@@ -18,7 +19,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::cookie::{Cookie, Key, SameSite, SignedCookieJar};
 use errand_engine::{Operator, Role};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -40,9 +41,13 @@ pub struct Console {
     trust_forwarded: bool,
     /// Password checks per client address: a burst of 10, then one every 6 s.
     per_address: DefaultKeyedRateLimiter<IpAddr>,
-    /// Password checks overall: 20 a second.
-    overall: DefaultDirectRateLimiter,
+    /// Password checks running at once (each is an argon2 hash): more wait their turn, so a
+    /// flood of attempts from many addresses cannot take the CPU, nor lock the admin out.
+    hashing: tokio::sync::Semaphore,
 }
+
+/// How many password checks run at once.
+const CHECKS_AT_ONCE: usize = 2;
 
 /// A password as configured: the value itself or a file holding it (for deployments that keep
 /// secrets in files).
@@ -108,7 +113,6 @@ impl Console {
         let per_address = Quota::with_period(Duration::from_secs(6))
             .map(|quota| quota.allow_burst(NonZeroU32::MIN.saturating_add(9)))
             .context("login quota")?;
-        let overall = Quota::per_second(NonZeroU32::MIN.saturating_add(19));
         Ok(Some(Arc::new(Self {
             admin: hash(&admin)?,
             viewer: viewer.as_deref().map(hash).transpose()?,
@@ -116,22 +120,36 @@ impl Console {
             secure,
             trust_forwarded,
             per_address: RateLimiter::dashmap(per_address),
-            overall: RateLimiter::direct(overall),
+            hashing: tokio::sync::Semaphore::new(CHECKS_AT_ONCE),
         })))
     }
 
+    /// Forgets the addresses whose login allowance is full again, every minute, so the table
+    /// stays as small as the set of recent senders; ends when the console is dropped.
+    pub async fn forget_idle_addresses(console: std::sync::Weak<Self>) {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            let Some(console) = console.upgrade() else {
+                return;
+            };
+            console.per_address.retain_recent();
+            console.per_address.shrink_to_fit();
+        }
+    }
+
     /// The role `password` gives, checked against both hashes (so the time taken does not
-    /// tell which roles exist), off the async threads. `Err` with a wait when the address or
-    /// everyone tried too often.
+    /// tell which roles exist), off the async threads, two at a time. `Err` with a wait when
+    /// the address tried too often.
     async fn check(&self, address: IpAddr, password: String) -> Result<Option<Role>, Duration> {
         use governor::clock::{Clock, DefaultClock};
         let now = DefaultClock::default().now();
         self.per_address
             .check_key(&address)
             .map_err(|late| late.wait_time_from(now))?;
-        self.overall
-            .check()
-            .map_err(|late| late.wait_time_from(now))?;
+        let Ok(_turn) = self.hashing.acquire().await else {
+            return Ok(None);
+        };
         let (admin, viewer) = (self.admin.clone(), self.viewer.clone());
         let role = tokio::task::spawn_blocking(move || {
             let is_admin = matches(&admin, &password);
@@ -232,6 +250,7 @@ fn console_path(next: Option<&str>) -> &str {
             && !next.starts_with("/admin/login")
             && !next.contains("//")
             && !next.contains('\\')
+            && !next.chars().any(char::is_control)
     })
     .unwrap_or("/admin")
 }
@@ -353,7 +372,13 @@ pub async fn gate(
     match operator {
         Some(Ok(operator)) => {
             request.extensions_mut().insert(operator);
-            next.run(request).await
+            let mut response = next.run(request).await;
+            // Every owner's jobs: not for the browser's cache (Back after logging out).
+            response.headers_mut().insert(
+                header::CACHE_CONTROL,
+                axum::http::HeaderValue::from_static("no-store"),
+            );
+            response
         }
         Some(Err(wait)) if !wait.is_zero() => (
             StatusCode::TOO_MANY_REQUESTS,
@@ -396,6 +421,7 @@ mod tests {
             "//evil.test/admin",
             "/admin//evil.test",
             "/admin\\x",
+            "/admin/\nx",
             "/jobs",
             "/administrator",
             "/admin/login?next=x",

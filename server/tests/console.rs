@@ -120,6 +120,11 @@ async fn a_login_sets_a_strict_cookie_and_a_wrong_password_goes_back_to_the_form
         .await
         .expect("GET");
     assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(
+        page.headers()["cache-control"],
+        "no-store",
+        "not kept after logout"
+    );
     let html = page.text().await.expect("html");
     assert!(
         html.contains("data-testid=\"filter-form\""),

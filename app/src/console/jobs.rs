@@ -66,9 +66,12 @@ pub fn ConsoleJobsPage() -> impl IntoView {
     let query = use_query_map();
     let filter = filter_from_query();
     let before = move || query.read().get("before");
+    // The bulk preview and progress are part of the page's address: a change of either (after
+    // a client-side navigation) renders the page again.
+    let extras = move || (query.read().get("preview"), query.read().get("bulk"));
     let page = Resource::new(
-        move || (filter.get(), before()),
-        |(f, b)| console_jobs(f, b),
+        move || (filter.get(), before(), extras()),
+        |(f, b, _)| console_jobs(f, b),
     );
     #[cfg(feature = "hydrate")]
     super::refresh_on_changes(move || page.refetch());
@@ -88,25 +91,26 @@ pub fn ConsoleJobsPage() -> impl IntoView {
     }
 }
 
+/// The filter form; its fields follow the address (a state tab or a link changes it).
 #[component]
 fn FilterForm(filter: Memo<Filter>) -> impl IntoView {
-    let f = filter.get_untracked();
+    let field = move |pick: fn(&Filter) -> &String| move || pick(&filter.read()).clone();
     view! {
         <form method="get" action="/admin/jobs" class="filters" data-testid="filter-form">
-            <label>"Search" <input type="search" name="q" value=f.q.clone()
+            <label>"Search" <input type="search" name="q" value=field(|f| &f.q)
                 placeholder="words in parameters, result or error" data-testid="filter-q"/></label>
             <label>"State"
                 <select name="state" data-testid="filter-state">
                     <option value="">"any"</option>
                     {errand_states().into_iter().map(|state| view! {
-                        <option value=state selected=f.state == state>{state}</option>
+                        <option value=state selected=move || filter.read().state == state>{state}</option>
                     }).collect_view()}
                 </select>
             </label>
-            <label>"Kind" <input name="kind" value=f.kind.clone() data-testid="filter-kind"/></label>
-            <label>"Owner" <input name="owner" value=f.owner.clone() data-testid="filter-owner"/></label>
-            <label>"From" <input type="date" name="from" value=f.from.clone()/></label>
-            <label>"To" <input type="date" name="to" value=f.to.clone()/></label>
+            <label>"Kind" <input name="kind" value=field(|f| &f.kind) data-testid="filter-kind"/></label>
+            <label>"Owner" <input name="owner" value=field(|f| &f.owner) data-testid="filter-owner"/></label>
+            <label>"From" <input type="date" name="from" value=field(|f| &f.from)/></label>
+            <label>"To" <input type="date" name="to" value=field(|f| &f.to)/></label>
             <button type="submit" data-testid="filter-apply">"Filter"</button>
         </form>
     }

@@ -1,10 +1,15 @@
 -- The operators' console: the same tables as migrations/sqlite/0006_console.sql; search is an
--- expression index over parameters, result and error (the `simple` configuration: no
--- language-specific stemming, as job parameters are mostly names, addresses and numbers).
+-- expression index over parameters, result and error: their first 100,000 characters (a
+-- tsvector has a size limit, and an index entry that failed to build would fail the write),
+-- split into words of letters and digits as SQLite's FTS5 splits them (so `example.com/hook`
+-- is three words on both), with the `simple` configuration (no stemming: job parameters are
+-- mostly names, addresses and numbers). registry/console.rs queries the same expression.
 CREATE INDEX jobs_by_state ON jobs (state, id DESC);
 CREATE INDEX jobs_by_kind ON jobs (kind, id DESC);
 CREATE INDEX jobs_search ON jobs USING GIN (
-    to_tsvector('simple', params || ' ' || coalesce(result, '') || ' ' || coalesce(error, ''))
+    to_tsvector('simple', regexp_replace(
+        left(params || ' ' || coalesce(result, '') || ' ' || coalesce(error, ''), 100000),
+        '[^[:alnum:]]+', ' ', 'g'))
 );
 
 CREATE TABLE audit_log (

@@ -171,9 +171,11 @@ fn tsquery_prefix(text: &str) -> Option<String> {
     Some(query.join(" & "))
 }
 
-/// The text a job is searched by on Postgres, as its expression index (`jobs_search`) has it.
-const PG_SEARCHED: &str = "to_tsvector('simple', params || ' ' || coalesce(result, '') || ' ' || \
-                           coalesce(error, ''))";
+/// The text a job is searched by on Postgres, exactly as its expression index (`jobs_search`,
+/// migrations/postgres/0004_console.sql) has it.
+const PG_SEARCHED: &str = "to_tsvector('simple', regexp_replace(\
+    left(params || ' ' || coalesce(result, '') || ' ' || coalesce(error, ''), 100000), \
+    '[^[:alnum:]]+', ' ', 'g'))";
 
 /// The lowest job id made at unix millisecond `at` (ids are ULIDs, which start with their
 /// time), so a time range is a range of the primary key.
@@ -211,15 +213,10 @@ impl Registry {
                     // Nothing searchable (only punctuation): nothing matches.
                     None => filter.clauses.push("1 = 0".to_owned()),
                 },
-                // The search as Postgres parses it (`example.com` stays one word, as in the
-                // index), or its words with the last as a prefix (a search as you type).
                 Db::Postgres(_) => match tsquery_prefix(search) {
-                    Some(prefix) => filter.and_all(
-                        &format!(
-                            "({PG_SEARCHED} @@ plainto_tsquery('simple', ?) \
-                             OR {PG_SEARCHED} @@ to_tsquery('simple', ?))"
-                        ),
-                        vec![Arg::Text(search.to_owned()), Arg::Text(prefix)],
+                    Some(words) => filter.and(
+                        &format!("{PG_SEARCHED} @@ to_tsquery('simple', ?)"),
+                        Arg::Text(words),
                     ),
                     None => filter.clauses.push("1 = 0".to_owned()),
                 },
@@ -406,39 +403,63 @@ impl Registry {
         Ok(changed > 0)
     }
 
-    /// Sets the stage of up to `limit` of `kind`'s queued jobs to `to`: those whose stage is
-    /// `from`, or, with `from` `None`, those whose stage is not already `to`. With
-    /// `new_delivery`, each also gets a new delivery number (its old tasks become stale) for a
-    /// push under a task id never used (a queue may keep the id of a task it delivered).
-    /// Returns them.
-    pub async fn restage_queued(
+    /// Marks up to `limit` of `kind`'s queued jobs as waiting for the operator (their stage
+    /// says so), skipping those already marked. Returns them.
+    pub async fn mark_paused(
         &self,
         kind: &str,
-        from: Option<&str>,
-        to: Option<&str>,
-        new_delivery: bool,
+        stage: &str,
         limit: u32,
     ) -> Result<Vec<Job>, RegistryError> {
-        let (condition, compared) = match from {
-            Some(from) => ("stage = $3", from),
-            None => ("(stage IS NULL OR stage <> $3)", to.unwrap_or_default()),
-        };
         let sql = format!(
-            "UPDATE jobs SET stage = $1, delivery = delivery + $5 WHERE id IN (SELECT id FROM jobs \
-             WHERE kind = $2 AND state = 'queued' AND {condition} LIMIT $4) RETURNING {}",
+            "UPDATE jobs SET stage = $1 WHERE id IN (SELECT id FROM jobs \
+             WHERE kind = $2 AND state = 'queued' AND (stage IS NULL OR stage <> $1) LIMIT $3) \
+             AND state = 'queued' RETURNING {}",
             job_columns!()
         );
         on_db!(self, pool => {
             let rows = sqlx::query(AssertSqlSafe(sql))
-                .bind(to)
+                .bind(stage)
                 .bind(kind)
-                .bind(compared)
                 .bind(i64::from(limit))
-                .bind(i64::from(new_delivery))
                 .fetch_all(pool)
                 .await?;
             rows.iter().map(job_from_row).collect()
         })
+    }
+
+    /// Gives up to `limit` of `kind`'s queued jobs after `after` (by id) a new delivery number,
+    /// clearing the paused `stage`, for a push under a task id never used (their old tasks,
+    /// dropped by workers or not reached yet, become stale; a queue may keep the id of a task
+    /// it delivered). Returns them, in id order. The state is checked again by the outer
+    /// statement, so a job that started meanwhile is left alone.
+    pub async fn redeliver_queued(
+        &self,
+        kind: &str,
+        stage: &str,
+        after: Option<JobId>,
+        limit: u32,
+    ) -> Result<Vec<Job>, RegistryError> {
+        let sql = format!(
+            "UPDATE jobs SET delivery = delivery + 1, \
+             stage = CASE WHEN stage = $1 THEN NULL ELSE stage END \
+             WHERE id IN (SELECT id FROM jobs WHERE kind = $2 AND state = 'queued' AND id > $3 \
+             ORDER BY id LIMIT $4) AND state = 'queued' RETURNING {}",
+            job_columns!()
+        );
+        let after = after.map_or_else(String::new, |id| id.to_string());
+        let mut jobs: Vec<Job> = on_db!(self, pool => {
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(stage)
+                .bind(kind)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(job_from_row).collect::<Result<_, _>>()?
+        });
+        jobs.sort_by_key(|job| job.id);
+        Ok(jobs)
     }
 
     /// The paused kinds, with when each was paused (unix ms).

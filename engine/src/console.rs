@@ -147,16 +147,10 @@ const PAUSED_FRESH_FOR: Duration = Duration::from_secs(1);
 impl Engine {
     /// Any job with its log and retries, whoever owns it.
     pub async fn console_job(&self, id: JobId) -> Result<Option<JobDetail>, EngineError> {
-        let Some(job) = self.registry().get(id).await? else {
-            return Ok(None);
-        };
-        let logs = self.registry().logs(id).await?;
-        let retried_as = self.registry().retries_of(id).await?;
-        Ok(Some(JobDetail {
-            job,
-            logs,
-            retried_as,
-        }))
+        match self.registry().get(id).await? {
+            Some(job) => Ok(Some(self.detail_of(job).await?)),
+            None => Ok(None),
+        }
     }
 
     /// Cancels any job for an operator.

@@ -512,16 +512,21 @@ impl Engine {
         owner: &Owner,
         id: JobId,
     ) -> Result<Option<JobDetail>, EngineError> {
-        let Some(job) = self.job(owner, id).await? else {
-            return Ok(None);
-        };
-        let logs = self.registry().logs(id).await?;
-        let retried_as = self.registry().retries_of(id).await?;
-        Ok(Some(JobDetail {
+        match self.job(owner, id).await? {
+            Some(job) => Ok(Some(self.detail_of(job).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// `job` with its kept log lines and the jobs that retry it.
+    pub(crate) async fn detail_of(&self, job: Job) -> Result<JobDetail, EngineError> {
+        let logs = self.registry().logs(job.id).await?;
+        let retried_as = self.registry().retries_of(job.id).await?;
+        Ok(JobDetail {
             job,
             logs,
             retried_as,
-        }))
+        })
     }
 
     /// The jobs that match `filter` (always one owner's), newest first, older than `before`.

@@ -47,18 +47,12 @@ fn hidden_filter(filter: &Filter, nested: bool) -> impl IntoView + use<> {
             field.to_owned()
         }
     };
-    [
-        ("state", &filter.state),
-        ("kind", &filter.kind),
-        ("owner", &filter.owner),
-        ("from", &filter.from),
-        ("to", &filter.to),
-        ("q", &filter.q),
-    ]
-    .into_iter()
-    .filter(|(_, value)| nested || !value.is_empty())
-    .map(|(field, value)| view! { <input type="hidden" name=name(field) value=value.clone()/> })
-    .collect_view()
+    filter
+        .fields()
+        .into_iter()
+        .filter(|(_, value)| nested || !value.is_empty())
+        .map(|(field, value)| view! { <input type="hidden" name=name(field) value=value.clone()/> })
+        .collect_view()
 }
 
 #[component]

@@ -24,8 +24,8 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// The filter as a query string (only the fields set), `state=failed&q=timeout`.
-    pub fn query_string(&self) -> String {
+    /// Each field with its name in the query string.
+    pub fn fields(&self) -> [(&'static str, &String); 6] {
         [
             ("state", &self.state),
             ("kind", &self.kind),
@@ -34,11 +34,16 @@ impl Filter {
             ("to", &self.to),
             ("q", &self.q),
         ]
-        .into_iter()
-        .filter(|(_, value)| !value.is_empty())
-        .map(|(name, value)| format!("{name}={}", encode(value)))
-        .collect::<Vec<_>>()
-        .join("&")
+    }
+
+    /// The filter as a query string (only the fields set), `state=failed&q=timeout`.
+    pub fn query_string(&self) -> String {
+        self.fields()
+            .into_iter()
+            .filter(|(_, value)| !value.is_empty())
+            .map(|(name, value)| format!("{name}={}", encode(value)))
+            .collect::<Vec<_>>()
+            .join("&")
     }
 
     /// The same filter with another state.

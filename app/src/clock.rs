@@ -48,6 +48,11 @@ pub fn short_time(ms: i64) -> String {
     )
 }
 
+/// "2026-11-21T10:30:00.123Z" → "10:30:00" (the full time belongs in a `datetime` attribute).
+pub fn time_of_day(rfc3339: &str) -> String {
+    rfc3339.get(11..19).unwrap_or(rfc3339).to_owned()
+}
+
 /// Whole seconds from now until `rfc3339` (0 once it has passed).
 pub fn seconds_until(rfc3339: &str, now: i64) -> i64 {
     parse_ms(rfc3339).map_or(0, |at| ((at - now).max(0) + 999) / 1000)
@@ -81,5 +86,11 @@ mod tests {
         assert_eq!(seconds_until("2026-11-21T10:00:10.000Z", at), 0);
         assert_eq!(seconds_until("2026-11-21T10:00:10.000Z", at + 5_000), 0);
         assert_eq!(seconds_until("not a time", at), 0);
+    }
+
+    #[test]
+    fn time_of_day_keeps_the_clock() {
+        assert_eq!(time_of_day("2026-11-21T10:30:05.123Z"), "10:30:05");
+        assert_eq!(time_of_day("bad"), "bad");
     }
 }

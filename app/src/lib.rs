@@ -15,7 +15,7 @@ pub mod wire;
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Title, provide_meta_context};
 use leptos_router::components::{A, ParentRoute, Route, Router, Routes};
-use leptos_router::{SsrMode, path};
+use leptos_router::{Lazy, SsrMode, path};
 
 pub use not_found::NotFound;
 
@@ -46,12 +46,6 @@ pub fn shell(options: LeptosOptions, stylesheet: std::sync::Arc<str>) -> impl In
 #[component]
 pub fn App() -> impl IntoView {
     provide_meta_context();
-    // Effects run only in the browser: this marks the page as hydrated (tests wait for it).
-    Effect::new(|| {
-        if let Some(body) = document().body() {
-            let _ = body.set_attribute("data-hydrated", "true");
-        }
-    });
 
     view! {
         <Title text="Errand"/>
@@ -68,15 +62,16 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/") view=jobs::NewJobPage/>
                     <Route path=path!("/jobs") view=jobs::JobListPage/>
                     <Route path=path!("/jobs/:id") view=jobs::JobPage ssr=SsrMode::Async/>
-                    // The operators' console: whole pages at once (they work without JavaScript).
+                    // The operators' console: whole pages at once (they work without JavaScript),
+                    // each page's code in a WASM chunk of its own (console/routes.rs).
                     <Route path=path!("/admin/login") view=console::LoginPage/>
                     <ParentRoute path=path!("/admin") view=console::ConsoleLayout>
-                        <Route path=path!("") view=console::OverviewPage ssr=SsrMode::Async/>
-                        <Route path=path!("jobs") view=console::ConsoleJobsPage ssr=SsrMode::Async/>
-                        <Route path=path!("jobs/:id") view=console::ConsoleJobPage ssr=SsrMode::Async/>
-                        <Route path=path!("kinds") view=console::KindsPage ssr=SsrMode::Async/>
-                        <Route path=path!("workers") view=console::WorkersPage ssr=SsrMode::Async/>
-                        <Route path=path!("audit") view=console::AuditPage ssr=SsrMode::Async/>
+                        <Route path=path!("") view={Lazy::<console::routes::OverviewRoute>::new()} ssr=SsrMode::Async/>
+                        <Route path=path!("jobs") view={Lazy::<console::routes::JobsRoute>::new()} ssr=SsrMode::Async/>
+                        <Route path=path!("jobs/:id") view={Lazy::<console::routes::JobRoute>::new()} ssr=SsrMode::Async/>
+                        <Route path=path!("kinds") view={Lazy::<console::routes::KindsRoute>::new()} ssr=SsrMode::Async/>
+                        <Route path=path!("workers") view={Lazy::<console::routes::WorkersRoute>::new()} ssr=SsrMode::Async/>
+                        <Route path=path!("audit") view={Lazy::<console::routes::AuditRoute>::new()} ssr=SsrMode::Async/>
                     </ParentRoute>
                 </Routes>
             </main>

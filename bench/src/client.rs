@@ -51,10 +51,15 @@ impl Api {
         if let Some(delay) = delay_ms {
             body["delay_ms"] = json!(delay);
         }
+        self.submit(&body).await
+    }
+
+    /// Submits a job (`{"kind", "params", …}` as `POST /api/jobs` takes it); returns its id.
+    pub(crate) async fn submit(&self, body: &Value) -> anyhow::Result<String> {
         let response = self
             .http
             .post(format!("{}/api/jobs", self.base))
-            .json(&body)
+            .json(body)
             .send()
             .await?;
         if response.status() != 202 {

@@ -1,9 +1,10 @@
 //! `errand-bench`: measures a built errand binary from outside, the way its users reach it, and
 //! prints a table (and JSON). It builds nothing: build the release binary first
-//! (`cargo leptos build --release --precompress`). Every scenario starts a fresh server on a free local port
+//! (`cargo leptos build --release --precompress --split`). Every scenario starts a fresh server on a free local port
 //! with a fresh data dir, and checks that every job and event it waited for arrived.
 
 mod client;
+mod console;
 mod faults;
 mod scenarios;
 mod server;
@@ -34,7 +35,7 @@ enum Scale {
 
 #[derive(Debug, Parser)]
 #[command(
-    about = "Measure errand: enqueue rate, latency, pickup, drain, push, fan-out, memory, page weight."
+    about = "Measure errand: enqueue rate, latency, pickup, drain, push, fan-out, memory, page weight, faults, the console at size."
 )]
 struct Args {
     /// The errand binary to measure (default: $CARGO_TARGET_DIR/release/errand).
@@ -45,7 +46,7 @@ struct Args {
     workdir: PathBuf,
     #[arg(long, value_enum, default_value = "full")]
     scale: Scale,
-    /// Only these scenarios (numbers 1–10); all when not given.
+    /// Only these scenarios (numbers 1–11); all when not given.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Also write the results as JSON here.
@@ -70,7 +71,13 @@ pub(crate) struct Context {
 
 impl Context {
     pub(crate) async fn start(&self) -> anyhow::Result<server::Server> {
-        server::Server::start(&self.binary, &self.workdir, self.backend, &self.extra).await
+        self.start_with(&[]).await
+    }
+
+    /// [`Context::start`] with more arguments for errand (before the command line's).
+    pub(crate) async fn start_with(&self, args: &[String]) -> anyhow::Result<server::Server> {
+        let extra: Vec<String> = args.iter().chain(&self.extra).cloned().collect();
+        server::Server::start(&self.binary, &self.workdir, self.backend, &extra).await
     }
 }
 
@@ -123,6 +130,13 @@ async fn main() -> anyhow::Result<()> {
         (500, 2_000_000)
     };
 
+    // Scenario 11: jobs in the registry, and how many of them failed.
+    let (registry, failed) = if full {
+        (1_000_000, 100_000)
+    } else {
+        (2_000, 200)
+    };
+
     let mut rows = Vec::new();
     if pick(1) {
         rows.push(scenarios::enqueue(&cx, enqueue, 32).await?);
@@ -156,6 +170,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if pick(10) {
         rows.push(faults::poison_csv(&cx, poison).await?);
+    }
+    if pick(11) {
+        rows.push(console::at_size(&cx, registry, failed).await?);
     }
 
     println!("\n| scenario | result |\n|---|---|");

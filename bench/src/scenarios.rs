@@ -290,9 +290,14 @@ pub(crate) async fn page_weight(cx: &Context) -> anyhow::Result<Row> {
                     .map(str::to_owned)
             })
             .collect();
+        ensure!(!assets.is_empty(), "{path} links no /pkg/ assets");
+        // What the scripts import too (a split build's loader), as the browser fetches it.
+        for script in assets.clone().iter().filter(|a| a.ends_with(".js")) {
+            let body = fetch(&api, script, "identity").await?.body;
+            assets.extend(relative_imports(&String::from_utf8_lossy(&body)));
+        }
         assets.sort();
         assets.dedup();
-        ensure!(!assets.is_empty(), "{path} links no /pkg/ assets");
         let (mut raw, mut compressed) = (html.bytes, fetch(&api, &path, "br").await?.bytes);
         let mut files = vec![json!({ "path": path, "bytes": html.bytes })];
         for asset in &assets {
@@ -304,8 +309,11 @@ pub(crate) async fn page_weight(cx: &Context) -> anyhow::Result<Row> {
                 "{asset} was not served with brotli"
             );
             let cache = br.cache_control.unwrap_or_default();
+            // The entry script and module revalidate (server/src/assets.rs says why).
+            let entry = asset.starts_with("/pkg/errand.")
+                && (asset.ends_with(".js") || asset.ends_with(".wasm"));
             ensure!(
-                cache.contains("immutable"),
+                cache.contains("immutable") || (entry && cache == "no-cache"),
                 "{asset} is not cached as immutable (Cache-Control: {cache:?}); was the build \
                  made by cargo leptos with hash-files?"
             );
@@ -330,6 +338,22 @@ pub(crate) async fn page_weight(cx: &Context) -> anyhow::Result<Row> {
     }
     server.stop().await;
     Ok(Row::new("page weight".into(), Value::Object(pages)).headline(headline.join("; ")))
+}
+
+/// The files a script imports statically from its own folder (`from "./x.js"`), as `/pkg/`
+/// paths: what the browser fetches before the script runs (a split build's loader), not what
+/// it may load later (the chunks of other pages).
+fn relative_imports(script: &str) -> Vec<String> {
+    script
+        .split("from")
+        .skip(1)
+        .filter_map(|rest| {
+            let rest = rest.trim_start();
+            let quote = rest.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+            let name = rest[1..].split(quote).next()?.strip_prefix("./")?;
+            (!name.is_empty() && !name.contains('/')).then(|| format!("/pkg/{name}"))
+        })
+        .collect()
 }
 
 /// What one download put on the wire.
@@ -372,4 +396,17 @@ async fn fetch(api: &Api, path: &str, encoding: &str) -> anyhow::Result<Download
         content_encoding,
         cache_control,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_script_imports_its_neighbours() {
+        let script = r#"import*as _ from"./__wasm_split.AB.js";import { b } from './x.js';
+            const m = {"./errand_bg.js": 1}; load("./chunk_1.wasm"); import c from "../up.js";"#;
+        assert_eq!(
+            super::relative_imports(script),
+            ["/pkg/__wasm_split.AB.js", "/pkg/x.js"]
+        );
+    }
 }

@@ -98,6 +98,10 @@ test.describe("operators' console", () => {
 
     await page.goto(`/admin/jobs/${failed}`);
     await expect(page.getByTestId("console-params")).toContainText(word);
+    // Its one attempt: which worker process ran it, and how it ended.
+    await expect(page.getByTestId("console-attempt")).toHaveCount(1);
+    await expect(page.getByTestId("console-attempt")).toContainText("failed");
+    await expect(page.getByTestId("console-attempt").locator("code")).toContainText("errand-");
     await page.getByTestId("console-job-owner").click();
     await expect(page).toHaveURL(/\/admin\/jobs\?owner=/);
     await expect(page.getByTestId("console-row")).toHaveCount(2);

@@ -13,6 +13,7 @@ pub mod model;
 pub mod queue;
 pub mod registry;
 mod relay;
+pub mod schedules;
 mod supervisor;
 pub mod telemetry;
 #[cfg(feature = "test-support")]
@@ -30,7 +31,8 @@ pub use lifecycle::CancelOutcome;
 pub use model::{Job, JobId, JobState, LogLine, Owner, now_ms};
 pub use queue::{Queue, QueueError, QueuedJob};
 pub use registry::{
-    AuditEntry, FinishedCount, JobFilter, JobQuery, Registry, RegistryError, Timing, WorkerInfo,
+    AttemptInfo, AuditEntry, FinishedCount, JobFilter, JobQuery, Registry, RegistryError,
+    StateCounts, Timing, WorkerInfo,
 };
 pub use worker::JobContext;
 
@@ -62,6 +64,8 @@ pub struct EngineConfig {
     pub max_active_per_owner: Option<u32>,
     /// What this process says of itself on the console's workers page.
     pub about: About,
+    /// Recurring jobs (`--schedules`), run by every process that runs workers.
+    pub schedules: Vec<schedules::Schedule>,
 }
 
 impl EngineConfig {
@@ -79,6 +83,7 @@ impl EngineConfig {
                 role: "serve".into(),
                 version: env!("CARGO_PKG_VERSION").into(),
             },
+            schedules: Vec::new(),
         }
     }
 }
@@ -109,6 +114,8 @@ pub enum EngineError {
          set the database URL to postgres://…"
     )]
     Unshared,
+    #[error("schedule {name:?}: {message}")]
+    Schedule { name: String, message: String },
 }
 
 /// The data dirs whose lock this process holds. Opening an engine again on one of them in the
@@ -315,6 +322,19 @@ impl Engine {
         }
 
         let files = Files::open(config.data_dir.join("files"))?;
+        // A schedule whose kind or parameters are wrong would fail at every tick: refuse it now.
+        for schedule in &config.schedules {
+            let cx = SubmitContext {
+                owner: &schedule.owner(),
+                files: &files,
+            };
+            kinds
+                .params_from_json(&schedule.kind, schedule.params.clone(), &cx)
+                .map_err(|err| EngineError::Schedule {
+                    name: schedule.name.clone(),
+                    message: err.to_string(),
+                })?;
+        }
         let about = config.about.clone();
         let engine = Self {
             inner: Arc::new(Inner {

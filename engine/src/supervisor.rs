@@ -111,6 +111,7 @@ impl Engine {
             }
         }
         let beating = tokio::spawn(self.clone().beat_and_recover());
+        let scheduling = tokio::spawn(self.clone().run_schedules());
         self.inner.workers_up.store(true, Ordering::Relaxed);
         let result = match self.queue().storage() {
             queue::Storage::Sqlite(storage) => run_monitor!(self, storage, shutdown),
@@ -118,6 +119,7 @@ impl Engine {
             queue::Storage::Redis(storage) => run_monitor!(self, storage, shutdown),
         };
         beating.abort();
+        scheduling.abort();
         self.inner.workers_up.store(false, Ordering::Relaxed);
         // Jobs still running past the grace period go back to the queue for the next start or
         // another worker; the attempt they were on counts (a last attempt fails instead). One

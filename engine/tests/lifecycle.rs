@@ -72,6 +72,7 @@ conformance!(
     the_console_finds_every_owners_jobs_by_state_kind_owner_and_words,
     a_paused_kind_waits_and_runs_after_it_is_resumed,
     a_bulk_retry_retries_each_failed_job_once_and_is_audited,
+    a_schedule_makes_exactly_one_job_per_tick_however_many_processes_run_it,
 );
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -306,6 +307,29 @@ async fn a_retryable_failure_is_retried_with_backoff_until_it_succeeds(backend: 
             .count(),
         2
     );
+    // Each attempt is on record: where it ran, when, and how it ended.
+    let attempts = app.engine.registry().attempts(id).await.expect("attempts");
+    let outcomes: Vec<_> = attempts
+        .iter()
+        .map(|a| (a.attempt, a.outcome.as_deref(), a.error.as_deref()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (1, Some("retried"), Some("flaky failure 1")),
+            (2, Some("retried"), Some("flaky failure 2")),
+            (3, Some("succeeded"), None),
+        ]
+    );
+    for attempt in &attempts {
+        assert!(attempt.worker.is_some(), "{attempt:?}");
+        assert!(
+            attempt
+                .ended_at
+                .is_some_and(|ended| ended >= attempt.started_at && attempt.started_at > 0),
+            "{attempt:?}"
+        );
+    }
     app.stop().await;
 }
 
@@ -1236,20 +1260,55 @@ async fn the_console_finds_every_owners_jobs_by_state_kind_owner_and_words(backe
     assert_eq!(list(earlier).await.len(), 2);
 
     let counts = registry
-        .console_counts(&JobQuery {
-            state: Some(JobState::Failed),
-            ..JobQuery::default()
-        })
+        .console_counts(
+            &JobQuery {
+                state: Some(JobState::Failed),
+                ..JobQuery::default()
+            },
+            10,
+        )
         .await
         .expect("counts");
-    let count_of = |state: JobState| counts.iter().find(|(s, _)| *s == state).map(|(_, n)| *n);
-    assert_eq!(count_of(JobState::Failed), Some(1));
+    assert_eq!(counts.of(JobState::Failed), 1);
     assert_eq!(
-        count_of(JobState::Succeeded),
-        Some(1),
+        counts.of(JobState::Succeeded),
+        1,
         "the state filter is left out"
     );
-    assert_eq!(count_of(JobState::Queued), Some(0));
+    assert_eq!(counts.of(JobState::Queued), 0);
+    assert!(!counts.partial);
+
+    // "1" is in both jobs (`fail_times: 1`, `steps: 1`): newest first, page after page, and
+    // the counts of only the newest match when the search may count one.
+    let ones = JobQuery {
+        search: Some("1".into()),
+        ..JobQuery::default()
+    };
+    assert_eq!(list(ones.clone()).await, [ok, failed]);
+    let next = registry
+        .console_list(&ones, Some(ok), 50)
+        .await
+        .expect("next page");
+    assert_eq!(ids(next), [failed]);
+    let all = registry.console_counts(&ones, 10).await.expect("counts");
+    assert_eq!(
+        (
+            all.of(JobState::Succeeded),
+            all.of(JobState::Failed),
+            all.partial
+        ),
+        (1, 1, false)
+    );
+    let newest = registry.console_counts(&ones, 1).await.expect("counts");
+    assert_eq!(
+        (
+            newest.of(JobState::Succeeded),
+            newest.of(JobState::Failed),
+            newest.partial
+        ),
+        (1, 0, true),
+        "the newest match only"
+    );
 
     let detail = app
         .engine
@@ -1453,4 +1512,80 @@ async fn a_bulk_retry_retries_each_failed_job_once_and_is_audited(backend: Backe
         ("bulk-retry", "every job", 12)
     );
     app.stop().await;
+}
+
+/// A schedule that ticks every second, for `sleep` no-op jobs.
+const EVERY_SECOND: &str = "[[schedule]]\nname = \"every-second\"\ncron = \"* * * * * *\"\n\
+                            kind = \"sleep\"\nparams = { ms = 0 }\n";
+
+async fn a_schedule_makes_exactly_one_job_per_tick_however_many_processes_run_it(backend: Backend) {
+    let store = Store::new(backend).await;
+    let schedules = errand_engine::schedules::parse(EVERY_SECOND).expect("schedules");
+    let config = EngineConfig {
+        schedules: schedules.clone(),
+        ..store.config()
+    };
+    let from = now_ms();
+    let first = Engine::open(config.clone()).await.expect("first opens");
+    let (stop_first, first_workers) = start_workers(&first);
+    // A second process runs its own scheduler: on the shared backends a second engine with its
+    // workers; on SQLite, whose data dir one process owns, a second scheduler in the process.
+    let second = if first.is_shared() {
+        let second = Engine::open(config).await.expect("second opens");
+        Some((second.clone(), start_workers(&second)))
+    } else {
+        None
+    };
+    let extra = (!first.is_shared()).then(|| tokio::spawn(first.clone().run_schedules()));
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let _ = stop_first.send(());
+    let _ = first_workers.await;
+    if let Some((_, (stop, workers))) = second {
+        let _ = stop.send(());
+        let _ = workers.await;
+    }
+    if let Some(extra) = extra {
+        extra.abort();
+    }
+    let until = now_ms();
+
+    let owner = schedules[0].owner();
+    let query = JobQuery {
+        owner: Some(owner),
+        ..JobQuery::default()
+    };
+    let jobs = first
+        .registry()
+        .console_list(&query, None, 100)
+        .await
+        .expect("list");
+    let mut ticks: Vec<i64> = jobs
+        .iter()
+        .map(|job| {
+            let key = job.idempotency_key.as_deref().expect("a tick's key");
+            key.strip_prefix("tick:")
+                .and_then(|ms| ms.parse().ok())
+                .expect("tick:<ms>")
+        })
+        .collect();
+    ticks.sort_unstable();
+    // Every whole second from the start on, each once (the last one may have come as the
+    // schedulers stopped, or not).
+    assert!(ticks.len() >= 3, "{ticks:?}");
+    let first_tick = ticks[0];
+    assert!(
+        first_tick > from && first_tick % 1000 == 0 && first_tick - from <= 2_000,
+        "{ticks:?} from {from}"
+    );
+    let expected: Vec<i64> = (0..ticks.len() as i64)
+        .map(|n| first_tick + n * 1000)
+        .collect();
+    assert_eq!(ticks, expected, "one job per whole second, each once");
+    assert!(ticks.last().is_some_and(|last| *last <= until));
+    let runs = first.registry().schedule_runs().await.expect("runs");
+    assert_eq!(runs.len(), 1);
+    assert_eq!(
+        (runs[0].0.as_str(), Some(runs[0].1)),
+        ("every-second", ticks.last().copied())
+    );
 }

@@ -35,6 +35,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/jobs/{id}/cancel", axum::routing::post(cancel))
         .route("/api/jobs/{id}/retry", axum::routing::post(retry))
         .route("/api/session", axum::routing::post(start_session))
+        .route("/api/schedules", get(schedules))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
@@ -311,6 +312,33 @@ async fn job(
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(Json(job_view(&job)))
+}
+
+/// `GET /api/schedules` → the recurring jobs (`--schedules`) with their next and last run.
+async fn schedules(State(engine): State<Engine>) -> Result<impl IntoResponse, ApiError> {
+    use errand_app::server::rfc3339;
+
+    let schedules: Vec<Value> = engine
+        .schedule_status()
+        .await?
+        .into_iter()
+        .map(|status| {
+            json!({
+                "name": status.schedule.name,
+                "cron": status.schedule.cron,
+                "timezone": status.schedule.timezone.name(),
+                "kind": status.schedule.kind,
+                "missed": match status.schedule.missed {
+                    errand_engine::schedules::Missed::Skip => "skip",
+                    errand_engine::schedules::Missed::RunOnce => "run-once",
+                },
+                "next_run": status.next_run.map(rfc3339),
+                "last_run": status.last_run.map(rfc3339),
+                "last_job": status.last_job.map(|id| id.to_string()),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "schedules": schedules })))
 }
 
 /// `POST /api/jobs/{id}/cancel` → 200 with the cancelled job when it had not started, 202 when

@@ -6,13 +6,20 @@
 //! next to the binary, where Leptos's `HydrationScripts` also reads them. A hashed file never
 //! changes, so it is served with a one-year `immutable` cache lifetime; without a hash file
 //! (a build that did not hash) browsers must revalidate.
+//!
+//! Except the two entry files (`js:` and `wasm:` in `hash.txt`) of a split build (`--split`,
+//! which puts the console's pages in chunks): cargo-leptos names them by their content before it
+//! writes the split loader's hashed name into them, so a rebuild that changed only a chunk
+//! keeps their names with new content. A browser holding the old entry for a year would import a
+//! loader the new build no longer has; browsers revalidate them instead (`Last-Modified`).
 
 use axum::Router;
-use axum::http::{HeaderValue, Response, header};
+use axum::extract::Request;
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
 use std::path::{Path, PathBuf};
-use tower::ServiceBuilder;
+use std::sync::Arc;
 use tower_http::services::ServeDir;
-use tower_http::set_header::SetResponseHeaderLayer;
 
 /// Where the assets are and what this build named them.
 #[derive(Debug, Clone)]
@@ -21,6 +28,8 @@ pub(crate) struct Assets {
     hash_file: Option<PathBuf>,
     /// The stylesheet's address, e.g. `/pkg/errand.<hash>.css`.
     stylesheet: String,
+    /// The entry script and module, e.g. `/pkg/errand.<hash>.js`: revalidated, not immutable.
+    entries: Vec<String>,
 }
 
 /// Cache lifetime of a file whose name carries its content's hash.
@@ -42,17 +51,37 @@ impl Assets {
 
     /// The names recorded in a hash file's text (`css: <hash>` lines and the like).
     fn from_hashes(output_name: &str, hashes: &str, hash_file: Option<PathBuf>) -> Self {
-        let css_hash = hashes.lines().find_map(|line| {
-            let (kind, hash) = line.split_once(':')?;
-            (kind.trim() == "css").then(|| hash.trim())
-        });
-        let stylesheet = match css_hash {
+        let hash_of = |wanted: &str| {
+            hashes.lines().find_map(|line| {
+                let (kind, hash) = line.split_once(':')?;
+                (kind.trim() == wanted).then(|| hash.trim())
+            })
+        };
+        let stylesheet = match hash_of("css") {
             Some(hash) => format!("/pkg/{output_name}.{hash}.css"),
             None => format!("/pkg/{output_name}.css"),
         };
+        let entries = [("js", "js"), ("wasm", "wasm")]
+            .into_iter()
+            .filter_map(|(kind, ext)| Some(format!("/pkg/{output_name}.{}.{ext}", hash_of(kind)?)))
+            .collect();
         Self {
             hash_file,
             stylesheet,
+            entries,
+        }
+    }
+
+    /// The `Cache-Control` of the file at `path`.
+    fn cache_policy(&self, path: &str) -> &'static str {
+        let entry = self.entries.iter().any(|entry| {
+            path.strip_prefix(entry.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest == ".br" || rest == ".gz")
+        });
+        if self.hash_file.is_some() && !entry {
+            FOREVER
+        } else {
+            REVALIDATE
         }
     }
 
@@ -69,19 +98,26 @@ impl Assets {
     /// `GET /pkg/…`: the files, pre-compressed when the client accepts it, with their cache
     /// lifetime. Other responses (404) carry no cache header.
     pub(crate) fn routes<S: Clone + Send + Sync + 'static>(&self, site_root: &Path) -> Router<S> {
-        let policy = HeaderValue::from_static(if self.hash_file.is_some() {
-            FOREVER
-        } else {
-            REVALIDATE
-        });
         let files = ServeDir::new(site_root.join("pkg"))
             .precompressed_br()
             .precompressed_gzip();
-        let cache = SetResponseHeaderLayer::overriding(
-            header::CACHE_CONTROL,
-            move |response: &Response<_>| response.status().is_success().then(|| policy.clone()),
-        );
-        Router::new().nest_service("/pkg", ServiceBuilder::new().layer(cache).service(files))
+        let assets = Arc::new(self.clone());
+        Router::new()
+            .nest_service("/pkg", files)
+            .layer(axum::middleware::from_fn(
+                move |request: Request, next: Next| {
+                    let policy = assets.cache_policy(request.uri().path());
+                    async move {
+                        let mut response = next.run(request).await;
+                        if response.status().is_success() {
+                            response
+                                .headers_mut()
+                                .insert(header::CACHE_CONTROL, HeaderValue::from_static(policy));
+                        }
+                        response
+                    }
+                },
+            ))
     }
 }
 
@@ -95,6 +131,29 @@ mod tests {
         let assets = Assets::from_hashes("errand", hashes, Some(PathBuf::from("/x/hash.txt")));
         assert_eq!(assets.stylesheet(), "/pkg/errand.C-c_c.css");
         assert_eq!(assets.hash_file(), Some(Path::new("/x/hash.txt")));
+    }
+
+    #[test]
+    fn hashed_files_are_immutable_but_the_entry_files_revalidate() {
+        let hashes = "js: AAA\nwasm: BBB\ncss: CCC\n";
+        let assets = Assets::from_hashes("errand", hashes, Some(PathBuf::from("/x/hash.txt")));
+        for path in [
+            "/pkg/errand.AAA.js",
+            "/pkg/errand.BBB.wasm",
+            "/pkg/errand.BBB.wasm.br",
+        ] {
+            assert_eq!(assets.cache_policy(path), REVALIDATE, "{path}");
+        }
+        for path in [
+            "/pkg/errand.CCC.css",
+            "/pkg/__wasm_split.DDD.js",
+            "/pkg/split_console_EEE.wasm",
+            "/pkg/errand.AAA.js.map",
+        ] {
+            assert_eq!(assets.cache_policy(path), FOREVER, "{path}");
+        }
+        let plain = Assets::from_hashes("errand", "", None);
+        assert_eq!(plain.cache_policy("/pkg/errand.css"), REVALIDATE);
     }
 
     #[test]

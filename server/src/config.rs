@@ -131,6 +131,11 @@ pub struct Config {
     /// against loopback, private and link-local addresses, e.g. `127.0.0.1` for a local receiver.
     #[arg(long, env = "ERRAND_WEBHOOK_ALLOW", value_delimiter = ',')]
     pub webhook_allow: Vec<std::net::IpAddr>,
+
+    /// A TOML file of recurring jobs (`[[schedule]]` tables: name, cron, timezone, kind, params,
+    /// missed), run by every process that runs workers; README has an example.
+    #[arg(long, env = "ERRAND_SCHEDULES")]
+    pub schedules: Option<PathBuf>,
 }
 
 /// What one process of a deployment does.
@@ -193,6 +198,7 @@ impl Config {
             viewer_password_file: None,
             metrics_addr: None,
             webhook_allow: vec![std::net::IpAddr::from([127, 0, 0, 1])],
+            schedules: None,
         }
     }
 }

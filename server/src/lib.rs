@@ -59,6 +59,16 @@ const PURGE_EVERY: Duration = Duration::from_secs(600);
 impl Application {
     /// Opens the engine in the data dir, binds the address and assembles the routes.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let schedules = match &config.schedules {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("could not read the schedules file {}", path.display())
+                })?;
+                errand_engine::schedules::parse(&text)
+                    .with_context(|| format!("in the schedules file {}", path.display()))?
+            }
+            None => Vec::new(),
+        };
         let engine_config = EngineConfig {
             data_dir: config.data_dir.clone(),
             concurrency: config.concurrency.max(1),
@@ -72,6 +82,7 @@ impl Application {
                 role: config.role.as_str().to_owned(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
             },
+            schedules,
         };
         // Installed before anything is measured.
         telemetry::recorder();

@@ -361,3 +361,96 @@ async fn a_form_sent_twice_with_its_key_makes_one_job() {
     assert_eq!(again["existing"], true);
     app.stop().await;
 }
+
+/// A schedules file with a job every second and one at 03:00 in Berlin.
+const SCHEDULES: &str = r#"
+[[schedule]]
+name = "heartbeat"
+cron = "* * * * * *"
+kind = "sleep"
+params = { ms = 0 }
+
+[[schedule]]
+name = "nightly-export"
+cron = "0 3 * * *"
+timezone = "Europe/Berlin"
+kind = "export"
+params = { state = "failed" }
+missed = "run-once"
+"#;
+
+#[tokio::test]
+async fn schedules_are_listed_with_their_next_and_last_run() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("schedules.toml");
+    std::fs::write(&file, SCHEDULES).expect("write");
+    let app = TestApp::spawn_with(|config| config.schedules = Some(file.clone())).await;
+    let client = app.client();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let listing = loop {
+        let (status, body) = client.get_json("/api/schedules").await;
+        assert_eq!(status, 200, "{body}");
+        if body["schedules"][0]["last_job"].is_string() {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no tick ran: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let schedules = listing["schedules"].as_array().expect("schedules");
+    let names: Vec<_> = schedules.iter().map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, [Some("heartbeat"), Some("nightly-export")]);
+    let heartbeat = &schedules[0];
+    assert_eq!(
+        (heartbeat["cron"].as_str(), heartbeat["kind"].as_str()),
+        (Some("* * * * * *"), Some("sleep"))
+    );
+    assert!(millis_between(&heartbeat["last_run"], &heartbeat["next_run"]) >= 1_000);
+    let nightly = &schedules[1];
+    assert_eq!(nightly["timezone"], "Europe/Berlin");
+    assert_eq!(nightly["missed"], "run-once");
+    assert!(nightly["last_run"].is_null() && nightly["last_job"].is_null());
+    // 03:00 in Berlin is 01:00 or 02:00 UTC.
+    let next = nightly["next_run"].as_str().expect("next run");
+    assert!(
+        next.contains("T01:00:00") || next.contains("T02:00:00"),
+        "{next}"
+    );
+    // A scheduled job belongs to its schedule, not to a visitor.
+    let job = heartbeat["last_job"].as_str().expect("job");
+    let (status, _) = client.get_json(&format!("/api/jobs/{job}")).await;
+    assert_eq!(status, 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_schedule_of_an_unknown_kind_or_bad_params_stops_the_start() {
+    let dir = tempfile::tempdir().expect("dir");
+    for (text, says) in [
+        (
+            "[[schedule]]\nname = \"x\"\ncron = \"* * * * *\"\nkind = \"nope\"\n",
+            "nope",
+        ),
+        (
+            "[[schedule]]\nname = \"y\"\ncron = \"* * * * *\"\nkind = \"sleep\"\nparams = { ms = -1 }\n",
+            "\"y\"",
+        ),
+        (
+            "[[schedule]]\nname = \"z\"\ncron = \"61 * * * *\"\nkind = \"sleep\"\n",
+            "\"z\"",
+        ),
+    ] {
+        let file = dir.path().join("schedules.toml");
+        std::fs::write(&file, text).expect("write");
+        let mut config = errand_server::Config::for_tests(dir.path().join("data"));
+        config.schedules = Some(file);
+        let err = match errand_server::Application::build(config).await {
+            Ok(_) => panic!("{text} was accepted"),
+            Err(err) => format!("{err:#}"),
+        };
+        assert!(err.contains(says), "{text}: {err}");
+    }
+}

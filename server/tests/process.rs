@@ -192,3 +192,85 @@ async fn the_web_and_worker_roles_refuse_to_run_on_sqlite() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--database-url"), "{stderr}");
 }
+
+#[tokio::test]
+async fn on_postgres_an_operators_action_on_one_web_process_shows_live_on_another() {
+    const PASSWORD: &str = "two web processes";
+    let stores = SharedStores::postgres().await;
+    let (a_dir, b_dir) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let mut args: Vec<&str> = shared(&stores, "web").to_vec();
+    args.extend(["--admin-password", PASSWORD]);
+    let a = start_with(&args, a_dir.path(), browser()).await;
+    let b = start_with(&args, b_dir.path(), browser()).await;
+    // A visitor's job, submitted to A; no worker process runs, so it stays queued.
+    let id = a.client.sleep_job(0, 1).await;
+    for server in [&a, &b] {
+        let login = server
+            .client
+            .http
+            .post(server.client.url("/admin/login"))
+            .form(&[("password", PASSWORD)])
+            .send()
+            .await
+            .expect("login");
+        assert!(login.status().is_success(), "{}", login.status());
+    }
+
+    // B's console watches every job while the operator cancels the job on A.
+    let mut events = b
+        .client
+        .http
+        .get(b.client.url("/api/admin/events"))
+        .send()
+        .await
+        .expect("console events");
+    assert_eq!(events.status(), 200);
+    let act = a
+        .client
+        .http
+        .post(a.client.url("/fn/admin_act"))
+        .header("accept", "application/json")
+        .form(&[("id", id.as_str()), ("action", "cancel")])
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(act.status(), 200, "{:?}", act.text().await);
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = events.chunk().await.expect("stream") {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen
+                .lines()
+                .any(|line| line.contains(&id) && line.contains("\"cancelled\""))
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "B's console saw the cancel: {seen}");
+
+    // Both consoles read the one audit log.
+    let audit: Value = b
+        .client
+        .http
+        .post(b.client.url("/fn/admin_audit"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("audit JSON");
+    assert_eq!(
+        (audit[0]["action"].as_str(), audit[0]["target"].as_str()),
+        (Some("cancel"), Some(id.as_str())),
+        "{audit}"
+    );
+    terminate(a).await;
+    terminate(b).await;
+}

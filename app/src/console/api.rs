@@ -34,11 +34,12 @@ pub async fn console_jobs(
         .map(|b| parse_id(&b, "before"))
         .transpose()?;
     let registry = engine.registry();
-    let jobs = registry
-        .console_list(&query, before, PAGE_SIZE)
-        .await
-        .map_err(internal)?;
-    let counts = registry.console_counts(&query).await.map_err(internal)?;
+    // The page and its counts are separate reads; on separate connections they overlap.
+    let (jobs, counts) = futures::try_join!(
+        registry.console_list(&query, before, PAGE_SIZE),
+        registry.console_counts(&query, super::wire::SEARCH_COUNTED),
+    )
+    .map_err(internal)?;
     let next_before = (jobs.len() == PAGE_SIZE as usize)
         .then(|| jobs.last().map(|job| job.id.to_string()))
         .flatten();
@@ -52,9 +53,11 @@ pub async fn console_jobs(
             .collect(),
         next_before,
         counts: counts
+            .per_state
             .into_iter()
             .map(|(state, count)| (state.as_str().to_owned(), count))
             .collect(),
+        counts_partial: counts.partial,
         kinds: engine
             .kinds()
             .names()
@@ -69,7 +72,7 @@ pub async fn console_jobs(
 #[server(prefix = "/fn", endpoint = "admin_job")]
 pub async fn console_job(id: String) -> Result<Option<JobRecord>, AppError> {
     use super::server::operator;
-    use crate::server::{detail_view, engine, internal};
+    use crate::server::{detail_view, engine, internal, rfc3339};
 
     let who = operator()?;
     let Ok(id) = id.parse() else {
@@ -79,13 +82,26 @@ pub async fn console_job(id: String) -> Result<Option<JobRecord>, AppError> {
     let Some(detail) = engine.console_job(id).await.map_err(internal)? else {
         return Ok(None);
     };
-    let worker = engine.registry().worker_of(id).await.map_err(internal)?;
+    let registry = engine.registry();
+    let (worker, attempts) =
+        futures::try_join!(registry.worker_of(id), registry.attempts(id)).map_err(internal)?;
     let pretty = |value: &serde_json::Value| {
         serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
     };
     Ok(Some(JobRecord {
         owner: detail.job.owner.0.clone(),
         worker,
+        attempts: attempts
+            .into_iter()
+            .map(|attempt| super::wire::AttemptRow {
+                number: attempt.attempt,
+                worker: attempt.worker,
+                started_at: rfc3339(attempt.started_at),
+                ended_at: attempt.ended_at.map(rfc3339),
+                outcome: attempt.outcome,
+                error: attempt.error,
+            })
+            .collect(),
         params: pretty(&detail.job.params),
         result: detail.job.result.as_ref().map(pretty),
         detail: detail_view(&detail),
@@ -295,7 +311,7 @@ pub async fn console_overview(window: String) -> Result<Overview, AppError> {
     let now = errand_engine::now_ms();
     let registry = engine.registry();
     let counts = registry
-        .console_counts(&Default::default())
+        .console_counts(&Default::default(), 0)
         .await
         .map_err(internal)?;
     let since_minute = (now - length_s as i64 * 1000).div_euclid(60_000);
@@ -312,6 +328,7 @@ pub async fn console_overview(window: String) -> Result<Overview, AppError> {
         bar_s,
         bars: overview_bars(&finished, now, length_s, bar_s),
         counts: counts
+            .per_state
             .into_iter()
             .map(|(state, count)| (state.as_str().to_owned(), count))
             .collect(),

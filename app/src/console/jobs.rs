@@ -8,6 +8,7 @@ use super::api::{
 };
 use super::wire::{BulkView, Filter, JobRecord, JobsPage};
 use super::{failure, read_only_note, thousands};
+use crate::clock::time_of_day;
 use crate::not_found::NotFound;
 use leptos::form::ActionForm;
 use leptos::prelude::*;
@@ -141,6 +142,12 @@ fn JobsBody(page: JobsPage, filter: Filter) -> impl IntoView {
                 }
             }).collect_view()}
         </nav>
+        {page.counts_partial.then(|| view! {
+            <p class="hint" data-testid="counts-partial">
+                "The search matched more than " {thousands(super::wire::SEARCH_COUNTED)}
+                " jobs; the counts are of the newest " {thousands(super::wire::SEARCH_COUNTED)} "."
+            </p>
+        })}
         {if page.can_act {
             view! { <BulkForms filter=filter.clone() preview bulk/> }.into_any()
         } else {
@@ -377,6 +384,24 @@ fn JobBody(job: JobRecord, act: ServerAction<ConsoleAct>) -> impl IntoView {
                     }).collect_view()}
                 </p>
             })}
+            {(!job.attempts.is_empty()).then(|| view! {
+                <h2>"Attempts"</h2>
+                <table class="jobs" data-testid="console-attempts">
+                    <thead><tr><th>"#"</th><th>"Worker"</th><th>"Started"</th><th>"Ended"</th><th>"Outcome"</th><th>"Error"</th></tr></thead>
+                    <tbody>
+                        {job.attempts.iter().map(|attempt| view! {
+                            <tr data-testid="console-attempt">
+                                <td>{attempt.number}</td>
+                                <td><code>{attempt.worker.clone().unwrap_or_default()}</code></td>
+                                <td><time datetime=attempt.started_at.clone()>{time_of_day(&attempt.started_at)}</time></td>
+                                <td>{attempt.ended_at.as_deref().map(time_of_day).unwrap_or_default()}</td>
+                                <td>{attempt.outcome.clone().unwrap_or_else(|| "running".to_owned())}</td>
+                                <td>{attempt.error.clone().unwrap_or_default()}</td>
+                            </tr>
+                        }).collect_view()}
+                    </tbody>
+                </table>
+            })}
             <h2>"Parameters"</h2>
             <pre data-testid="console-params">{job.params.clone()}</pre>
             {job.result.clone().map(|result| view! { <h2>"Result"</h2><pre data-testid="console-result">{result}</pre> })}
@@ -387,7 +412,7 @@ fn JobBody(job: JobRecord, act: ServerAction<ConsoleAct>) -> impl IntoView {
                 view! {
                     <ol class="log">
                         {job.detail.logs.iter().map(|line| view! {
-                            <li><time datetime=line.at.clone()>{line.at.get(11..19).unwrap_or_default().to_owned()}</time>" "{line.line.clone()}</li>
+                            <li><time datetime=line.at.clone()>{time_of_day(&line.at)}</time>" "{line.line.clone()}</li>
                         }).collect_view()}
                     </ol>
                 }.into_any()

@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod kinds;
 pub mod login;
 pub mod overview;
+pub mod routes;
 #[cfg(feature = "ssr")]
 pub mod server;
 pub mod wire;

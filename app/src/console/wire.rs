@@ -76,6 +76,9 @@ pub struct Row {
     pub owner: String,
 }
 
+/// A search's counts per state count at most this many of its newest matches.
+pub const SEARCH_COUNTED: u64 = 10_000;
+
 /// One page of the console's job list, with the counts per state for its filter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobsPage {
@@ -84,6 +87,8 @@ pub struct JobsPage {
     pub next_before: Option<String>,
     /// `(state, jobs)` for every state, ignoring the filter's own state.
     pub counts: Vec<(String, u64)>,
+    /// The search matched more than [`SEARCH_COUNTED`] jobs: the counts are of its newest.
+    pub counts_partial: bool,
     pub kinds: Vec<String>,
     /// The operator may act (the admin role).
     pub can_act: bool,
@@ -96,11 +101,26 @@ pub struct JobRecord {
     pub owner: String,
     /// The worker process that ran (or runs) its latest attempt.
     pub worker: Option<String>,
+    /// Every attempt, first first.
+    pub attempts: Vec<AttemptRow>,
     /// Parameters and result as stored (pretty JSON).
     pub params: String,
     pub result: Option<String>,
     /// The operator may act (the admin role).
     pub can_act: bool,
+}
+
+/// One attempt of a job on its console page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRow {
+    pub number: u32,
+    pub worker: Option<String>,
+    /// RFC 3339.
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    /// `retried`, `succeeded`, `failed` or `cancelled`; `None` while it runs.
+    pub outcome: Option<String>,
+    pub error: Option<String>,
 }
 
 /// A kind on the kinds page.

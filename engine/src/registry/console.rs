@@ -32,6 +32,42 @@ impl JobQuery {
     }
 }
 
+/// How many jobs of a console filter are in each state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateCounts {
+    /// In [`JobState::ALL`]'s order.
+    pub per_state: Vec<(JobState, u64)>,
+    /// The filter's search matched more jobs than were counted: these are the counts of its
+    /// newest matches.
+    pub partial: bool,
+}
+
+impl StateCounts {
+    /// The count of `state`.
+    pub fn of(&self, state: JobState) -> u64 {
+        self.per_state
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
+/// One attempt of a job: where and when it ran, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptInfo {
+    /// 1 for the first.
+    pub attempt: u32,
+    /// The worker process that ran it.
+    pub worker: Option<String>,
+    /// Unix milliseconds.
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    /// `retried` (by the kind's retry policy, or taken back from a lost worker), `succeeded`,
+    /// `failed` or `cancelled`; `None` while it runs.
+    pub outcome: Option<String>,
+    pub error: Option<String>,
+}
+
 /// One entry of the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
@@ -184,9 +220,20 @@ fn first_id_at(at: i64) -> String {
     ulid::Ulid::from_parts(at, 0).to_string()
 }
 
+/// What a search asks of one backend.
+enum Search {
+    /// The query has no search.
+    None,
+    /// Its text has no words (only punctuation): nothing matches.
+    Nothing,
+    /// The backend's query text (FTS5 or `to_tsquery`).
+    Words(String),
+}
+
 impl Registry {
-    /// The `WHERE` clause of `query`, leaving out its state when `with_state` is false.
-    fn console_where(&self, query: &JobQuery, with_state: bool) -> Where {
+    /// The `WHERE` clause of `query` without its search, leaving out its state when
+    /// `with_state` is false.
+    fn console_filters(&self, query: &JobQuery, with_state: bool) -> Where {
         let mut filter = Where::default();
         if with_state && let Some(state) = query.state {
             filter.and("state = ?", Arg::Text(state.as_str().to_owned()));
@@ -203,23 +250,60 @@ impl Registry {
         if let Some(before) = query.created_before {
             filter.and("id < ?", Arg::Text(first_id_at(before)));
         }
-        if let Some(search) = query.search.as_deref().filter(|s| !s.trim().is_empty()) {
-            match &self.db {
-                Db::Sqlite(_) => match fts5_query(search) {
-                    Some(words) => filter.and(
-                        "rowid IN (SELECT rowid FROM jobs_search WHERE jobs_search MATCH ?)",
-                        Arg::Text(words),
-                    ),
-                    // Nothing searchable (only punctuation): nothing matches.
-                    None => filter.clauses.push("1 = 0".to_owned()),
-                },
-                Db::Postgres(_) => match tsquery_prefix(search) {
-                    Some(words) => filter.and(
-                        &format!("{PG_SEARCHED} @@ to_tsquery('simple', ?)"),
-                        Arg::Text(words),
-                    ),
-                    None => filter.clauses.push("1 = 0".to_owned()),
-                },
+        filter
+    }
+
+    fn search(&self, query: &JobQuery) -> Search {
+        let Some(text) = query.search.as_deref().filter(|s| !s.trim().is_empty()) else {
+            return Search::None;
+        };
+        let words = match &self.db {
+            Db::Sqlite(_) => fts5_query(text),
+            Db::Postgres(_) => tsquery_prefix(text),
+        };
+        words.map_or(Search::Nothing, Search::Words)
+    }
+
+    /// The column that names a job in [`Registry::search_matches`]'s answer, and that
+    /// statement: the jobs whose text matches `?`, newest first (with `limited`, at most `?`).
+    fn search_matches(&self, limited: bool) -> (&'static str, String) {
+        match &self.db {
+            // FTS5 keeps each word's jobs in rowid (insertion) order, so the newest matches
+            // come first without reading the others.
+            Db::Sqlite(_) => (
+                "rowid",
+                format!(
+                    "SELECT rowid FROM jobs_search WHERE jobs_search MATCH ?{}",
+                    if limited {
+                        " ORDER BY rowid DESC LIMIT ?"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+            Db::Postgres(_) => (
+                "id",
+                format!(
+                    "SELECT id FROM jobs WHERE {PG_SEARCHED} @@ to_tsquery('simple', ?){}",
+                    if limited {
+                        " ORDER BY id DESC LIMIT ?"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+        }
+    }
+
+    /// The `WHERE` clause of `query`, leaving out its state when `with_state` is false.
+    fn console_where(&self, query: &JobQuery, with_state: bool) -> Where {
+        let mut filter = self.console_filters(query, with_state);
+        match self.search(query) {
+            Search::None => {}
+            Search::Nothing => filter.clauses.push("1 = 0".to_owned()),
+            Search::Words(words) => {
+                let (key, matches) = self.search_matches(false);
+                filter.and(&format!("{key} IN ({matches})"), Arg::Text(words));
             }
         }
         filter
@@ -232,6 +316,11 @@ impl Registry {
         before: Option<JobId>,
         limit: u32,
     ) -> Result<Vec<Job>, RegistryError> {
+        if let (Db::Sqlite(pool), Search::Words(words)) = (&self.db, self.search(query)) {
+            return self
+                .search_list_sqlite(pool, query, words, before, limit)
+                .await;
+        }
         let mut filter = self.console_where(query, true);
         if let Some(before) = before {
             filter.and("id < ?", Arg::Text(before.to_string()));
@@ -249,6 +338,42 @@ impl Registry {
                 .await?;
             rows.iter().map(job_from_row).collect()
         })
+    }
+
+    /// [`Registry::console_list`] of a search on SQLite: FTS5 walks the word's jobs newest
+    /// first (by rowid, the order they were recorded in) and the walk stops at the page's
+    /// last job, so a word found in 100,000 jobs costs a page, not 100,000 reads and a sort.
+    /// Pages follow each other by rowid, which orders jobs as their ids do but for jobs
+    /// recorded within the same few milliseconds.
+    async fn search_list_sqlite(
+        &self,
+        pool: &sqlx::SqlitePool,
+        query: &JobQuery,
+        words: String,
+        before: Option<JobId>,
+        limit: u32,
+    ) -> Result<Vec<Job>, RegistryError> {
+        let mut filter = self.console_filters(query, true);
+        filter.and("jobs_search MATCH ?", Arg::Text(words));
+        if let Some(before) = before {
+            filter.and(
+                "s.rowid < (SELECT rowid FROM jobs WHERE id = ?)",
+                Arg::Text(before.to_string()),
+            );
+        }
+        let sql = format!(
+            "SELECT {} FROM jobs WHERE rowid IN (\
+             SELECT s.rowid FROM jobs_search s JOIN jobs j ON j.rowid = s.rowid{} \
+             ORDER BY s.rowid DESC LIMIT {}) ORDER BY rowid DESC",
+            job_columns!(),
+            filter.sql(),
+            filter.next()
+        );
+        filter.args.push(Arg::Int(i64::from(limit)));
+        let rows = bind_args!(sqlx::query(AssertSqlSafe(sql)), &filter.args)
+            .fetch_all(pool)
+            .await?;
+        rows.iter().map(job_from_row).collect()
     }
 
     /// The ids of the jobs that match `query`, oldest first, after `after` (a bulk action's
@@ -292,12 +417,41 @@ impl Registry {
     }
 
     /// How many jobs match `query` in each state (its own state filter left out), in
-    /// [`JobState::ALL`]'s order.
+    /// [`JobState::ALL`]'s order. A search's counts are of its newest `search_limit` matches
+    /// (a word found in most jobs would otherwise cost a read of each); `partial` says when
+    /// it matched more.
     pub async fn console_counts(
         &self,
         query: &JobQuery,
-    ) -> Result<Vec<(JobState, u64)>, RegistryError> {
-        let filter = self.console_where(query, false);
+        search_limit: u64,
+    ) -> Result<StateCounts, RegistryError> {
+        let mut filter = self.console_filters(query, false);
+        let mut partial = false;
+        match self.search(query) {
+            Search::None => {}
+            Search::Nothing => filter.clauses.push("1 = 0".to_owned()),
+            Search::Words(words) => {
+                let limit = i64::try_from(search_limit).unwrap_or(i64::MAX);
+                let (key, newest) = self.search_matches(true);
+                // One statement, its `?`s numbered as the database wants them.
+                let mut counted = Where::default();
+                counted.and_all(
+                    &format!("SELECT COUNT(*) FROM ({newest}) AS newest"),
+                    vec![Arg::Text(words.clone()), Arg::Int(limit.saturating_add(1))],
+                );
+                let sql = counted.clauses.concat();
+                let matched: i64 = on_db!(self, pool => {
+                    bind_args!(sqlx::query_scalar(AssertSqlSafe(sql)), &counted.args)
+                        .fetch_one(pool)
+                        .await?
+                });
+                partial = matched > limit;
+                filter.and_all(
+                    &format!("{key} IN ({newest})"),
+                    vec![Arg::Text(words), Arg::Int(limit)],
+                );
+            }
+        }
         let sql = format!(
             "SELECT state, COUNT(*) FROM jobs{} GROUP BY state",
             filter.sql()
@@ -307,7 +461,7 @@ impl Registry {
                 .fetch_all(pool)
                 .await?
         });
-        Ok(JobState::ALL
+        let per_state = JobState::ALL
             .into_iter()
             .map(|state| {
                 let count = rows
@@ -316,7 +470,8 @@ impl Registry {
                     .map_or(0, |(_, count)| (*count).max(0) as u64);
                 (state, count)
             })
-            .collect())
+            .collect();
+        Ok(StateCounts { per_state, partial })
     }
 
     /// Jobs queued and running per kind: `(kind, queued, running)`, by kind.
@@ -615,6 +770,36 @@ impl Registry {
             sqlx::query_scalar(sql).bind(id.to_string()).fetch_optional(pool).await?
         });
         Ok(worker.flatten())
+    }
+
+    /// Every attempt of job `id`, first first (kept by the `job_attempts` triggers).
+    pub async fn attempts(&self, id: JobId) -> Result<Vec<AttemptInfo>, RegistryError> {
+        let sql = "SELECT attempt, worker, started_at, ended_at, outcome, error \
+                   FROM job_attempts WHERE job_id = $1 ORDER BY attempt";
+        type Row = (
+            i64,
+            Option<String>,
+            i64,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<Row> = on_db!(self, pool => {
+            sqlx::query_as(sql).bind(id.to_string()).fetch_all(pool).await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(
+                |(attempt, worker, started_at, ended_at, outcome, error)| AttemptInfo {
+                    attempt: u32::try_from(attempt).unwrap_or(0),
+                    worker,
+                    started_at,
+                    ended_at,
+                    outcome,
+                    error,
+                },
+            )
+            .collect())
     }
 
     /// True when the database answers.

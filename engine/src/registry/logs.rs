@@ -82,10 +82,11 @@ impl Writer {
             "INSERT INTO job_logs (job_id, seq, at, line) \
              SELECT t.column1, t.column3, t.column4, t.column5 FROM (VALUES {}) AS t \
              JOIN jobs ON jobs.id = t.column1 AND jobs.delivery = t.column2 \
-             AND jobs.state = 'running' WHERE true \
+             AND {} WHERE true \
              ON CONFLICT (job_id, seq) DO UPDATE SET at = excluded.at, line = excluded.line \
              RETURNING job_id, seq",
-            batch::values(requests.len(), 5, 1)
+            batch::values(requests.len(), 5, 1),
+            self.job_in_state("running")
         );
         let written: HashSet<(String, i64)> = on_db!(self, pool => {
             let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));

@@ -211,10 +211,13 @@ mod batch;
 mod console;
 mod logs;
 mod rows;
+mod schedules;
 mod workers;
 
 use batch::Batcher;
-pub use console::{AuditEntry, FinishedCount, JobQuery, Timing, WorkerInfo};
+pub use console::{
+    AttemptInfo, AuditEntry, FinishedCount, JobQuery, StateCounts, Timing, WorkerInfo,
+};
 use rows::job_from_row;
 
 impl Registry {
@@ -429,15 +432,24 @@ impl Registry {
         from: Option<&(i64, JobId)>,
         limit: u32,
     ) -> Result<Vec<Overdue>, RegistryError> {
-        let sql = "SELECT id, delivery, run_at, queued_at FROM jobs WHERE state = 'queued' \
-                   AND queued_at < $1 AND (run_at IS NULL OR run_at < $1) \
-                   AND (queued_at > $2 OR (queued_at = $2 AND id > $3)) \
-                   AND kind NOT IN (SELECT kind FROM paused_kinds) \
-                   ORDER BY queued_at, id LIMIT $4";
+        // SQLite would rather take `jobs_by_state` (an equality on its first column) and sort
+        // every queued job; `jobs_queued` hands them over in order (5 ms instead of 0.6 s for a
+        // page with 700,000 jobs queued).
+        let hint = match &self.db {
+            Db::Sqlite(_) => " INDEXED BY jobs_queued",
+            Db::Postgres(_) => "",
+        };
+        let sql = format!(
+            "SELECT id, delivery, run_at, queued_at FROM jobs{hint} WHERE state = 'queued' \
+             AND queued_at < $1 AND (run_at IS NULL OR run_at < $1) \
+             AND (queued_at > $2 OR (queued_at = $2 AND id > $3)) \
+             AND kind NOT IN (SELECT kind FROM paused_kinds) \
+             ORDER BY queued_at, id LIMIT $4"
+        );
         let (from_at, from_id) =
             from.map_or((i64::MIN, String::new()), |(at, id)| (*at, id.to_string()));
         let rows: Vec<(String, i64, Option<i64>, i64)> = on_db!(self, pool => {
-            sqlx::query_as(sql)
+            sqlx::query_as(AssertSqlSafe(sql.as_str()))
                 .bind(before)
                 .bind(from_at)
                 .bind(from_id)
@@ -595,6 +607,17 @@ impl Writer {
         Batcher::spawn(move |batch| run(writer.clone(), batch))
     }
 
+    /// The condition that a job of the statement's `jobs` is in `state`, for the hot writes
+    /// that find jobs by id. On SQLite the `+` keeps the planner off `jobs_by_state` (the
+    /// console's index), which it would otherwise take for these lookups: with a million
+    /// queued jobs, starts and finishes then went from thousands a second to tens.
+    pub(super) fn job_in_state(&self, state: &str) -> String {
+        match &self.db {
+            Db::Sqlite(_) => format!("+jobs.state = '{state}'"),
+            Db::Postgres(_) => format!("jobs.state = '{state}'"),
+        }
+    }
+
     /// [`Registry::insert`] for many jobs in one statement; answers in order.
     async fn insert_all(&self, jobs: Vec<Job>) -> Result<Vec<Option<Job>>, RegistryError> {
         let sql = format!(
@@ -688,10 +711,11 @@ impl Writer {
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = $1, \
                  progress = NULL, stage = NULL, run_at = NULL, worker = $2 \
                  FROM (VALUES {}) AS t \
-                 WHERE jobs.id = t.column1 AND jobs.delivery = t.column2 AND jobs.state = 'queued' \
+                 WHERE jobs.id = t.column1 AND jobs.delivery = t.column2 AND {} \
                  AND jobs.kind NOT IN (SELECT kind FROM paused_kinds) \
                  RETURNING {}",
                 batch::values(batch.len(), 2, 3),
+                self.job_in_state("queued"),
                 job_columns!()
             );
             let jobs: Vec<Job> = on_db!(self, pool => {
@@ -711,8 +735,9 @@ impl Writer {
     async fn save_progress_all(&self, requests: Vec<Progress>) -> Result<Vec<()>, RegistryError> {
         let sql = format!(
             "UPDATE jobs SET progress = t.column3, stage = t.column4 FROM (VALUES {}) AS t \
-             WHERE jobs.id = t.column1 AND jobs.delivery = t.column2 AND jobs.state = 'running'",
-            batch::values(requests.len(), 4, 1)
+             WHERE jobs.id = t.column1 AND jobs.delivery = t.column2 AND {}",
+            batch::values(requests.len(), 4, 1),
+            self.job_in_state("running")
         );
         on_db!(self, pool => {
             let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
@@ -734,9 +759,10 @@ impl Writer {
             "UPDATE jobs SET state = t.column3, result = t.column4, error = t.column5, \
              progress = t.column6, stage = t.column7, finished_at = $1 \
              FROM (VALUES {}) AS t \
-             WHERE jobs.id = t.column1 AND jobs.delivery = t.column2 AND jobs.state = 'running' \
+             WHERE jobs.id = t.column1 AND jobs.delivery = t.column2 AND {} \
              RETURNING {}",
             batch::values(requests.len(), 7, 2),
+            self.job_in_state("running"),
             job_columns!()
         );
         let jobs: Vec<Job> = on_db!(self, pool => {

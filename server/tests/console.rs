@@ -33,30 +33,6 @@ fn browser(app: &TestApp) -> Client {
     }
 }
 
-async fn log_in(client: &Client, password: &str) -> reqwest::Response {
-    client
-        .http
-        .post(client.url("/admin/login"))
-        .form(&[("password", password), ("next", "/admin/jobs")])
-        .send()
-        .await
-        .expect("POST /admin/login")
-}
-
-/// Calls a console server function with a form body; returns the status and JSON answer.
-async fn call(client: &Client, endpoint: &str, form: &[(&str, &str)]) -> (StatusCode, Value) {
-    let response = client
-        .http
-        .post(client.url(&format!("/fn/{endpoint}")))
-        .header("accept", "application/json")
-        .form(form)
-        .send()
-        .await
-        .expect("server function");
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn the_console_is_off_without_an_admin_password() {
     let app = TestApp::spawn().await;
@@ -65,7 +41,7 @@ async fn the_console_is_off_without_an_admin_password() {
         let response = client.http.get(client.url(path)).send().await.expect("GET");
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
     }
-    let (status, _) = call(&client, "admin_jobs", &[]).await;
+    let (status, _) = client.console_call("admin_jobs", &[]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     app.stop().await;
 }
@@ -85,14 +61,14 @@ async fn a_login_sets_a_strict_cookie_and_a_wrong_password_goes_back_to_the_form
         page.headers()[LOCATION],
         "/admin/login?next=%2Fadmin%2Fjobs%3Fstate%3Dfailed"
     );
-    let (status, _) = call(&client, "admin_jobs", &[]).await;
+    let (status, _) = client.console_call("admin_jobs", &[]).await;
     assert_eq!(
         status,
         StatusCode::UNAUTHORIZED,
         "a server function without a login"
     );
 
-    let wrong = log_in(&client, "not the password").await;
+    let wrong = client.console_log_in("not the password").await;
     assert_eq!(wrong.status(), StatusCode::SEE_OTHER);
     let location = wrong.headers()[LOCATION].to_str().expect("text").to_owned();
     assert!(
@@ -101,7 +77,7 @@ async fn a_login_sets_a_strict_cookie_and_a_wrong_password_goes_back_to_the_form
     );
     assert!(wrong.headers().get(SET_COOKIE).is_none());
 
-    let right = log_in(&client, ADMIN).await;
+    let right = client.console_log_in(ADMIN).await;
     assert_eq!(right.status(), StatusCode::SEE_OTHER);
     assert_eq!(right.headers()[LOCATION], "/admin/jobs");
     let cookie = right.headers()[SET_COOKIE]
@@ -154,7 +130,7 @@ async fn failed_logins_are_rate_limited_per_address() {
     let client = browser(&app);
     let mut limited = None;
     for attempt in 1..=12 {
-        let response = log_in(&client, "guess").await;
+        let response = client.console_log_in("guess").await;
         let location = response.headers()[LOCATION]
             .to_str()
             .expect("text")
@@ -166,7 +142,7 @@ async fn failed_logins_are_rate_limited_per_address() {
     }
     assert_eq!(limited, Some(11), "a burst of 10, then refused");
     // Even the right password waits now.
-    let response = log_in(&client, ADMIN).await;
+    let response = client.console_log_in(ADMIN).await;
     assert!(response.headers().get(SET_COOKIE).is_none());
     app.stop().await;
 }
@@ -182,8 +158,8 @@ async fn a_viewer_sees_every_job_but_cannot_act_and_an_admin_acts_on_the_record(
         .await;
 
     let viewer = browser(&app);
-    log_in(&viewer, VIEWER).await;
-    let (status, page) = call(&viewer, "admin_jobs", &[]).await;
+    viewer.console_log_in(VIEWER).await;
+    let (status, page) = viewer.console_call("admin_jobs", &[]).await;
     assert_eq!(status, StatusCode::OK, "{page}");
     let ids: Vec<&str> = page["rows"]
         .as_array()
@@ -197,19 +173,16 @@ async fn a_viewer_sees_every_job_but_cannot_act_and_an_admin_acts_on_the_record(
         "both owners' jobs, newest first"
     );
     assert_eq!(page["can_act"], false);
-    let (status, body) = call(
-        &viewer,
-        "admin_act",
-        &[("id", &running), ("action", "cancel")],
-    )
-    .await;
+    let (status, body) = viewer
+        .console_call(
+            "admin_act",
+            &[("id", running.as_str()), ("action", "cancel")],
+        )
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    let (status, _) = call(
-        &viewer,
-        "admin_pause",
-        &[("kind", "sleep"), ("pause", "true")],
-    )
-    .await;
+    let (status, _) = viewer
+        .console_call("admin_pause", &[("kind", "sleep"), ("pause", "true")])
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(
         alice.job(&running).await["state"],
@@ -218,25 +191,31 @@ async fn a_viewer_sees_every_job_but_cannot_act_and_an_admin_acts_on_the_record(
     );
 
     let admin = browser(&app);
-    log_in(&admin, ADMIN).await;
-    let (status, body) = call(
-        &admin,
-        "admin_act",
-        &[("id", &running), ("action", "cancel")],
-    )
-    .await;
+    admin.console_log_in(ADMIN).await;
+    let (status, body) = admin
+        .console_call(
+            "admin_act",
+            &[("id", running.as_str()), ("action", "cancel")],
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     alice
         .wait_for_state(&running, &["cancelled"], Duration::from_secs(5))
         .await;
-    let (status, body) = call(&admin, "admin_act", &[("id", &done), ("action", "cancel")]).await;
+    let (status, body) = admin
+        .console_call("admin_act", &[("id", &done), ("action", "cancel")])
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    let (status, _) = call(&admin, "admin_act", &[("id", "nope"), ("action", "cancel")]).await;
+    let (status, _) = admin
+        .console_call("admin_act", &[("id", "nope"), ("action", "cancel")])
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = call(&admin, "admin_act", &[("id", &done), ("action", "explode")]).await;
+    let (status, _) = admin
+        .console_call("admin_act", &[("id", &done), ("action", "explode")])
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
-    let (status, audit) = call(&viewer, "admin_audit", &[]).await;
+    let (status, audit) = viewer.console_call("admin_audit", &[]).await;
     assert_eq!(status, StatusCode::OK);
     let entries = audit.as_array().expect("entries");
     assert_eq!(entries.len(), 1, "only the action that happened: {audit}");
@@ -250,18 +229,22 @@ async fn a_viewer_sees_every_job_but_cannot_act_and_an_admin_acts_on_the_record(
 async fn bad_console_filters_are_400_and_name_their_field() {
     let app = console_app().await;
     let admin = browser(&app);
-    log_in(&admin, ADMIN).await;
+    admin.console_log_in(ADMIN).await;
     for (field, value) in [
         ("state", "lost"),
         ("from", "yesterday"),
         ("to", "2026-13-45"),
     ] {
         let key = format!("filter[{field}]");
-        let (status, body) = call(&admin, "admin_jobs", &[(key.as_str(), value)]).await;
+        let (status, body) = admin
+            .console_call("admin_jobs", &[(key.as_str(), value)])
+            .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {body}");
         assert_eq!(body["Invalid"]["field"], field, "{body}");
     }
-    let (status, _) = call(&admin, "admin_jobs", &[("before", "not-an-id")]).await;
+    let (status, _) = admin
+        .console_call("admin_jobs", &[("before", "not-an-id")])
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     app.stop().await;
 }

@@ -208,14 +208,7 @@ async fn on_postgres_an_operators_action_on_one_web_process_shows_live_on_anothe
     // A visitor's job, submitted to A; no worker process runs, so it stays queued.
     let id = a.client.sleep_job(0, 1).await;
     for server in [&a, &b] {
-        let login = server
-            .client
-            .http
-            .post(server.client.url("/admin/login"))
-            .form(&[("password", PASSWORD)])
-            .send()
-            .await
-            .expect("login");
+        let login = server.client.console_log_in(PASSWORD).await;
         assert!(login.status().is_success(), "{}", login.status());
     }
 
@@ -228,16 +221,11 @@ async fn on_postgres_an_operators_action_on_one_web_process_shows_live_on_anothe
         .await
         .expect("console events");
     assert_eq!(events.status(), 200);
-    let act = a
+    let (status, answer) = a
         .client
-        .http
-        .post(a.client.url("/fn/admin_act"))
-        .header("accept", "application/json")
-        .form(&[("id", id.as_str()), ("action", "cancel")])
-        .send()
-        .await
-        .expect("cancel");
-    assert_eq!(act.status(), 200, "{:?}", act.text().await);
+        .console_call("admin_act", &[("id", id.as_str()), ("action", "cancel")])
+        .await;
+    assert_eq!(status, 200, "{answer}");
     let mut seen = String::new();
     let found = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(chunk) = events.chunk().await.expect("stream") {
@@ -255,17 +243,7 @@ async fn on_postgres_an_operators_action_on_one_web_process_shows_live_on_anothe
     assert_eq!(found, Ok(true), "B's console saw the cancel: {seen}");
 
     // Both consoles read the one audit log.
-    let audit: Value = b
-        .client
-        .http
-        .post(b.client.url("/fn/admin_audit"))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .expect("audit")
-        .json()
-        .await
-        .expect("audit JSON");
+    let (_, audit) = b.client.console_call("admin_audit", &[]).await;
     assert_eq!(
         (audit[0]["action"].as_str(), audit[0]["target"].as_str()),
         (Some("cancel"), Some(id.as_str())),

@@ -104,6 +104,35 @@ impl Client {
         format!("{}{path}", self.base)
     }
 
+    /// Logs in to the operators' console with `password`, asking to go to `/admin/jobs`.
+    pub async fn console_log_in(&self, password: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/admin/login"))
+            .form(&[("password", password), ("next", "/admin/jobs")])
+            .send()
+            .await
+            .expect("POST /admin/login")
+    }
+
+    /// Calls a console server function (`/fn/{endpoint}`) with a form body; returns the status
+    /// and the JSON answer.
+    pub async fn console_call(
+        &self,
+        endpoint: &str,
+        form: &[(&str, &str)],
+    ) -> (reqwest::StatusCode, Value) {
+        let response = self
+            .http
+            .post(self.url(&format!("/fn/{endpoint}")))
+            .header("accept", "application/json")
+            .form(form)
+            .send()
+            .await
+            .expect("server function");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn submit(&self, body: Value) -> reqwest::Response {
         self.http
             .post(self.url("/api/jobs"))

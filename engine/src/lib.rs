@@ -5,6 +5,7 @@
 pub mod console;
 mod db;
 pub mod files;
+pub mod gates;
 pub mod hub;
 pub mod kinds;
 mod lifecycle;
@@ -66,6 +67,9 @@ pub struct EngineConfig {
     pub about: About,
     /// Recurring jobs (`--schedules`), run by every process that runs workers.
     pub schedules: Vec<schedules::Schedule>,
+    /// Concurrency and rate limits per kind or per key (`--limits`); none by default. Every
+    /// process that runs workers should have the same.
+    pub limits: gates::Limits,
 }
 
 impl EngineConfig {
@@ -84,6 +88,7 @@ impl EngineConfig {
                 version: env!("CARGO_PKG_VERSION").into(),
             },
             schedules: Vec::new(),
+            limits: gates::Limits::default(),
         }
     }
 }
@@ -116,6 +121,8 @@ pub enum EngineError {
     Unshared,
     #[error("schedule {name:?}: {message}")]
     Schedule { name: String, message: String },
+    #[error(transparent)]
+    Limit(#[from] gates::LimitError),
 }
 
 /// The data dirs whose lock this process holds. Opening an engine again on one of them in the
@@ -335,6 +342,10 @@ impl Engine {
                     message: err.to_string(),
                 })?;
         }
+        config.limits.check(&kinds)?;
+        if !config.limits.is_empty() {
+            registry.gate_kinds(config.limits.kinds());
+        }
         let about = config.about.clone();
         let engine = Self {
             inner: Arc::new(Inner {
@@ -410,6 +421,37 @@ impl Engine {
 
     pub fn kinds(&self) -> &Kinds {
         &self.inner.kinds
+    }
+
+    /// The kinds' concurrency and rate limits.
+    pub fn limits(&self) -> &gates::Limits {
+        &self.inner.config.limits
+    }
+
+    /// Gives the jobs waiting for a slot of `key` (see [`gates`]) as many new tasks as the
+    /// key has free slots. A lost wake-up is repaired by the reconciler, which calls this for
+    /// every key some job waits for.
+    pub(crate) async fn wake_waiting(&self, key: &str) {
+        let Some(slots) = self
+            .limits()
+            .of_key(key)
+            .and_then(|limit| limit.concurrency)
+        else {
+            return;
+        };
+        let woken = match self.registry().wake_waiting(key, slots).await {
+            Ok(woken) => woken,
+            Err(err) => {
+                tracing::warn!(key, %err, "could not wake the jobs waiting for a slot");
+                return;
+            }
+        };
+        for (id, delivery) in woken {
+            // A failed push leaves the job queued with no task, which the reconciler repairs.
+            if let Err(err) = self.queue().push(id, delivery, None).await {
+                tracing::warn!(job_id = %id, %err, "could not push a woken job");
+            }
+        }
     }
 
     pub fn files(&self) -> &Files {

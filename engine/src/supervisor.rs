@@ -204,6 +204,13 @@ impl Engine {
                 Err(err) => tracing::warn!(job_id = %job.id, %err, "could not push it again"),
             }
         }
+        // Jobs waiting for a slot have no task: a slot freed whose wake-up was lost (its
+        // worker died, a push failed) is handed on here.
+        if !self.limits().is_empty() {
+            for key in self.registry().waiting_keys().await? {
+                self.wake_waiting(&key).await;
+            }
+        }
         for job in self.registry().running_on(self.node()).await? {
             if self.running().runs(job.id, job.delivery) {
                 continue;

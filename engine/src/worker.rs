@@ -7,9 +7,9 @@ use crate::EngineError;
 use crate::files::Files;
 use crate::kinds::JobError;
 use crate::limits;
-use crate::model::{Job, JobId, LogLine, Owner, now_ms};
+use crate::model::{Job, JobId, JobState, LogLine, Owner, now_ms};
 use crate::queue::QueuedJob;
-use crate::registry::Outcome;
+use crate::registry::{Admission, Outcome};
 use futures::FutureExt;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -205,10 +205,81 @@ pub(crate) async fn execute(engine: &Engine, task: QueuedJob) -> Result<(), Engi
         tracing::debug!("this delivery already runs here; skipping the copy");
         return Ok(());
     };
-    let Some(job) = registry.start(id, task.delivery, engine.node()).await? else {
-        tracing::debug!("stale delivery, or the job is finished or gone; skipping");
-        return Ok(());
+    let job = match registry.start(id, task.delivery, engine.node()).await? {
+        Some(job) => job,
+        None => match start_gated(engine, id, task.delivery).await? {
+            Some(job) => job,
+            None => return Ok(()),
+        },
     };
+    // A job that held a slot of its key hands it on when its attempt ends, however it ends.
+    let slot = engine
+        .limits()
+        .rule(engine.kinds(), &job.kind, &job.params)
+        .filter(|rule| rule.concurrency.is_some());
+    let attempt = run_attempt(engine, &task, job, cancel).await;
+    if let Some(rule) = slot {
+        engine.wake_waiting(&rule.key).await;
+    }
+    attempt
+}
+
+/// Starts a delivery that [`Registry::start`] left alone because its kind has limits (see
+/// [`crate::gates`]): it starts now, waits for a slot of its key (holding no task), or is
+/// pushed again for its rate slot. `None` when it does not run now, or the delivery is stale.
+///
+/// [`Registry::start`]: crate::registry::Registry::start
+async fn start_gated(
+    engine: &Engine,
+    id: JobId,
+    delivery: i64,
+) -> Result<Option<Job>, EngineError> {
+    let registry = engine.registry();
+    if engine.limits().is_empty() {
+        tracing::debug!("stale delivery, or the job is finished or gone; skipping");
+        return Ok(None);
+    }
+    let rule = registry.get(id).await?.and_then(|job| {
+        (job.state == JobState::Queued && job.delivery == delivery)
+            .then(|| engine.limits().rule(engine.kinds(), &job.kind, &job.params))
+            .flatten()
+    });
+    let Some(rule) = rule else {
+        tracing::debug!("stale delivery, or the job is finished or gone; skipping");
+        return Ok(None);
+    };
+    match registry
+        .start_gated(id, delivery, engine.node(), &rule)
+        .await?
+    {
+        Admission::Started(job) => return Ok(Some(*job)),
+        Admission::Skipped => return Ok(None),
+        Admission::Full { busy } => {
+            tracing::debug!(key = %rule.key, busy, "every slot is busy; the job waits for one");
+        }
+        Admission::Later { delivery, at } => {
+            tracing::debug!(key = %rule.key, at, "rate limited; the job waits for its slot");
+            // A failed push leaves the job queued with no task; the reconciler pushes it once
+            // it is due, and its start then keeps the slot it reserved.
+            if let Err(err) = engine.queue().push(id, delivery, Some(at)).await {
+                tracing::warn!(%err, "could not push the job for its rate slot; the reconciler will");
+            }
+        }
+    }
+    if let Some(job) = registry.get(id).await? {
+        engine.hub().job_changed(job);
+    }
+    Ok(None)
+}
+
+/// Runs a started attempt of `job` and records its outcome, or its retry.
+async fn run_attempt(
+    engine: &Engine,
+    task: &QueuedJob,
+    job: Job,
+    cancel: CancellationToken,
+) -> Result<(), EngineError> {
+    let (id, registry) = (job.id, engine.registry());
     tracing::debug!(kind = %job.kind, attempt = job.attempts, "job started");
     let started = Instant::now();
     let due = task.run_at.unwrap_or(job.created_at);

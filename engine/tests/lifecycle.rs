@@ -73,6 +73,8 @@ conformance!(
     a_paused_kind_waits_and_runs_after_it_is_resumed,
     a_bulk_retry_retries_each_failed_job_once_and_is_audited,
     a_schedule_makes_exactly_one_job_per_tick_however_many_processes_run_it,
+    a_per_key_concurrency_limit_holds_across_processes_and_waiting_holds_no_worker,
+    a_rate_limit_starts_a_keys_jobs_at_its_rate,
 );
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -89,6 +91,9 @@ struct FlakyArgs {
     /// Succeed with a string result of this many bytes.
     #[serde(default)]
     result_bytes: usize,
+    /// The job's key, for limits per key.
+    #[serde(default)]
+    key: Option<String>,
 }
 
 struct Flaky;
@@ -101,7 +106,12 @@ impl JobKind for Flaky {
         max_delay: Duration::from_millis(200),
         timeout: Duration::from_millis(300),
     };
+    const KEY: Option<&'static str> = Some("key");
     type Args = FlakyArgs;
+
+    fn key(args: &FlakyArgs) -> Option<String> {
+        args.key.clone()
+    }
 
     fn from_form(_: &FormFields) -> Result<FlakyArgs, InvalidInput> {
         Ok(FlakyArgs::default())
@@ -1588,4 +1598,182 @@ async fn a_schedule_makes_exactly_one_job_per_tick_however_many_processes_run_it
         (runs[0].0.as_str(), Some(runs[0].1)),
         ("every-second", ticks.last().copied())
     );
+}
+
+/// Two engines with workers on the shared backends (two processes), one on SQLite (whose data
+/// dir one process owns), each running at most `concurrency` jobs at once, with `limits`.
+async fn processes(
+    store: &Store,
+    limits: &str,
+    concurrency: usize,
+) -> Vec<(
+    Engine,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), errand_engine::EngineError>>,
+)> {
+    let config = EngineConfig {
+        limits: errand_engine::gates::parse(limits).expect("limits"),
+        concurrency,
+        ..store.config()
+    };
+    let mut engines = Vec::new();
+    let count = if store.shared.is_some() { 2 } else { 1 };
+    for _ in 0..count {
+        let engine = Engine::open_with_kinds(config.clone(), Kinds::builtin(&[]).with(Flaky))
+            .await
+            .expect("engine opens");
+        let (stop, workers) = start_workers(&engine);
+        engines.push((engine, stop, workers));
+    }
+    engines
+}
+
+/// The most of `jobs` that ran at the same moment, by their recorded start and finish.
+fn most_at_once(jobs: &[Job]) -> usize {
+    let mut edges: Vec<(i64, i32)> = Vec::new();
+    for job in jobs {
+        // A finish at the same millisecond as another's start comes first: the slot was free.
+        edges.push((job.started_at.expect("started"), 1));
+        edges.push((job.finished_at.expect("finished"), -1));
+    }
+    edges.sort_unstable();
+    let (mut now, mut most) = (0_i32, 0_i32);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+async fn a_per_key_concurrency_limit_holds_across_processes_and_waiting_holds_no_worker(
+    backend: Backend,
+) {
+    let store = Store::new(backend).await;
+    // 3 workers a process: were waiting jobs to hold workers, key "a"'s backlog would take
+    // them all and the one job of key "b" would wait behind it. (Flaky's attempts time out
+    // after 300 ms.)
+    let engines = processes(
+        &store,
+        "[[limit]]\nkind = \"flaky\"\nper_key = true\nconcurrency = 2\n",
+        3,
+    )
+    .await;
+    let (first, second) = (&engines[0].0, &engines[engines.len() - 1].0);
+    let mut a = Vec::new();
+    for n in 0..10 {
+        // Submitted through both processes alike.
+        let engine = if n % 2 == 0 { first } else { second };
+        a.push(
+            submit(
+                engine,
+                "flaky",
+                json!({ "key": "a", "sleep_ms": 250 }),
+                SubmitOptions::default(),
+            )
+            .await,
+        );
+    }
+    let b = submit(
+        first,
+        "flaky",
+        json!({ "key": "b", "sleep_ms": 50 }),
+        SubmitOptions::default(),
+    )
+    .await;
+
+    let mut a_jobs = Vec::new();
+    for id in &a {
+        let job = wait_until(first, *id, Duration::from_secs(30), |job| {
+            job.state.is_terminal()
+        })
+        .await;
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+        a_jobs.push(job);
+    }
+    let b_job = finished(first, b).await;
+    assert_eq!(b_job.state, JobState::Succeeded);
+    assert_eq!(
+        most_at_once(&a_jobs),
+        2,
+        "key a ran 2 at a time, never more"
+    );
+    let mut starts: Vec<i64> = a_jobs.iter().filter_map(|job| job.started_at).collect();
+    starts.sort_unstable();
+    let b_start = b_job.started_at.expect("started");
+    assert!(
+        b_start < starts[6],
+        "key b's job started before most of key a's backlog: {b_start} vs {starts:?}"
+    );
+    for (_, stop, workers) in engines {
+        let _ = stop.send(());
+        let _ = workers.await;
+    }
+}
+
+async fn a_rate_limit_starts_a_keys_jobs_at_its_rate(backend: Backend) {
+    let store = Store::new(backend).await;
+    let engines = processes(
+        &store,
+        "[[limit]]\nkind = \"flaky\"\nper_key = true\nrate = 10\n",
+        64,
+    )
+    .await;
+    let (first, second) = (&engines[0].0, &engines[engines.len() - 1].0);
+    // 101 starts at 10 a second take 10 s; another key's 3 jobs are not held up by them.
+    let mut r = Vec::new();
+    for n in 0..101 {
+        let engine = if n % 2 == 0 { first } else { second };
+        r.push(
+            submit(
+                engine,
+                "flaky",
+                json!({ "key": "r" }),
+                SubmitOptions::default(),
+            )
+            .await,
+        );
+    }
+    let mut s = Vec::new();
+    for _ in 0..3 {
+        s.push(
+            submit(
+                second,
+                "flaky",
+                json!({ "key": "s" }),
+                SubmitOptions::default(),
+            )
+            .await,
+        );
+    }
+    let mut starts = Vec::new();
+    for id in &r {
+        let job = wait_until(first, *id, Duration::from_secs(30), |job| {
+            job.state.is_terminal()
+        })
+        .await;
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+        starts.push(job.started_at.expect("started"));
+    }
+    starts.sort_unstable();
+    let span = (starts[100] - starts[0]) as f64 / 1000.0;
+    let observed = 100.0 / span;
+    assert!(
+        (9.0..=11.0).contains(&observed),
+        "100 intervals in {span} s: {observed} starts a second, for a rate of 10"
+    );
+    let mut s_starts = Vec::new();
+    for id in &s {
+        let job = finished(first, *id).await;
+        assert_eq!(job.state, JobState::Succeeded);
+        s_starts.push(job.started_at.expect("started"));
+    }
+    s_starts.sort_unstable();
+    assert!(
+        s_starts[2] - s_starts[0] < 1_000 && s_starts[2] < starts[50],
+        "key s kept its own rate: {s_starts:?}"
+    );
+    for (_, stop, workers) in engines {
+        let _ = stop.send(());
+        let _ = workers.await;
+    }
 }

@@ -136,6 +136,12 @@ pub struct Config {
     /// missed), run by every process that runs workers; README has an example.
     #[arg(long, env = "ERRAND_SCHEDULES")]
     pub schedules: Option<PathBuf>,
+
+    /// A TOML file of concurrency and rate limits (`[[limit]]` tables: kind, per_key,
+    /// concurrency, rate, burst), enforced across every process sharing the registry; give
+    /// every worker process the same file. README has an example.
+    #[arg(long, env = "ERRAND_LIMITS")]
+    pub limits: Option<PathBuf>,
 }
 
 /// What one process of a deployment does.
@@ -199,6 +205,7 @@ impl Config {
             metrics_addr: None,
             webhook_allow: vec![std::net::IpAddr::from([127, 0, 0, 1])],
             schedules: None,
+            limits: None,
         }
     }
 }

@@ -56,19 +56,29 @@ const OUTPUT_NAME: &str = "errand";
 /// How often finished jobs past their retention, and uploads past their time, are looked for.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 
+/// Reads and parses the `what` file an option names; its default when the option is unset.
+fn read_file<T: Default, E: std::error::Error + Send + Sync + 'static>(
+    path: &Option<std::path::PathBuf>,
+    what: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> anyhow::Result<T> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("could not read the {what} file {}", path.display()))?;
+    parse(&text).with_context(|| format!("in the {what} file {}", path.display()))
+}
+
 impl Application {
     /// Opens the engine in the data dir, binds the address and assembles the routes.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let schedules = match &config.schedules {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| {
-                    format!("could not read the schedules file {}", path.display())
-                })?;
-                errand_engine::schedules::parse(&text)
-                    .with_context(|| format!("in the schedules file {}", path.display()))?
-            }
-            None => Vec::new(),
-        };
+        let schedules = read_file(
+            &config.schedules,
+            "schedules",
+            errand_engine::schedules::parse,
+        )?;
+        let limits = read_file(&config.limits, "limits", errand_engine::gates::parse)?;
         let engine_config = EngineConfig {
             data_dir: config.data_dir.clone(),
             concurrency: config.concurrency.max(1),
@@ -83,6 +93,7 @@ impl Application {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
             },
             schedules,
+            limits,
         };
         // Installed before anything is measured.
         telemetry::recorder();

@@ -119,8 +119,17 @@ pub trait JobKind: Send + Sync + 'static {
     const MAX_UPLOAD: Option<u64> = None;
     /// How often and how patiently a failing job of this kind is tried.
     const POLICY: RetryPolicy = RetryPolicy::DEFAULT;
+    /// What the kind's key is, for limits applied per key (see [`crate::gates`]); `None` when
+    /// the kind has no key.
+    const KEY: Option<&'static str> = None;
     /// The job's parameters, as stored and as sent in the JSON API.
     type Args: Serialize + DeserializeOwned + Send + Sync + 'static;
+
+    /// The key of a job with these arguments (such as a webhook's target host), when
+    /// [`JobKind::KEY`] names one.
+    fn key(_args: &Self::Args) -> Option<String> {
+        None
+    }
 
     /// Reads the arguments from a submitted HTML form.
     fn from_form(fields: &FormFields) -> Result<Self::Args, InvalidInput>;
@@ -139,6 +148,8 @@ pub trait JobKind: Send + Sync + 'static {
 /// The object-safe face of a [`JobKind`], working on JSON parameters.
 trait ErasedKind: Send + Sync {
     fn max_upload(&self) -> Option<u64>;
+    fn key_name(&self) -> Option<&'static str>;
+    fn key(&self, params: &Value) -> Option<String>;
     fn policy(&self) -> RetryPolicy;
     fn params_from_json(
         &self,
@@ -160,6 +171,16 @@ trait ErasedKind: Send + Sync {
 impl<K: JobKind> ErasedKind for K {
     fn max_upload(&self) -> Option<u64> {
         K::MAX_UPLOAD
+    }
+
+    fn key_name(&self) -> Option<&'static str> {
+        K::KEY
+    }
+
+    fn key(&self, params: &Value) -> Option<String> {
+        K::KEY?;
+        let args: K::Args = serde_json::from_value(params.clone()).ok()?;
+        K::key(&args)
     }
 
     fn policy(&self) -> RetryPolicy {
@@ -268,6 +289,16 @@ impl Kinds {
     /// The largest upload `kind` takes, `None` if it takes none (or is unknown).
     pub fn max_upload(&self, kind: &str) -> Option<u64> {
         self.by_name.get(kind).and_then(|k| k.max_upload())
+    }
+
+    /// What `kind`'s key is called, if it has one (see [`JobKind::KEY`]).
+    pub fn key_name(&self, kind: &str) -> Option<&'static str> {
+        self.by_name.get(kind).and_then(|k| k.key_name())
+    }
+
+    /// The key of a job of `kind` with these stored parameters, if the kind has keys.
+    pub fn key(&self, kind: &str, params: &Value) -> Option<String> {
+        self.by_name.get(kind).and_then(|k| k.key(params))
     }
 
     /// Validates JSON parameters for `kind`, returning them normalised.

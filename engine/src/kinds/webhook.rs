@@ -53,7 +53,13 @@ impl JobKind for Webhook {
         max_attempts: 1,
         ..RetryPolicy::DEFAULT
     };
+    const KEY: Option<&'static str> = Some("host");
     type Args = WebhookArgs;
+
+    /// The target's host, so a per-key limit spares each receiver.
+    fn key(args: &WebhookArgs) -> Option<String> {
+        Url::parse(&args.url).ok()?.host_str().map(str::to_owned)
+    }
 
     fn from_form(fields: &FormFields) -> Result<WebhookArgs, InvalidInput> {
         let url = fields

@@ -133,7 +133,12 @@ pub struct Registry {
     batches: Arc<Batches>,
     /// See [`Registry::writes_tasks`].
     with_tasks: bool,
+    /// See [`Registry::gate_kinds`].
+    gated: Gated,
 }
+
+/// The kinds whose jobs start through [`Registry::start_gated`], set once at start.
+type Gated = Arc<std::sync::OnceLock<Vec<String>>>;
 
 /// Runs the batched writes (in the batching tasks).
 #[derive(Debug, Clone)]
@@ -142,6 +147,7 @@ struct Writer {
     /// The queue's table is in this database: a new job's first task is written in the
     /// transaction that records the job.
     with_tasks: bool,
+    gated: Gated,
 }
 
 #[derive(Debug)]
@@ -209,6 +215,7 @@ macro_rules! job_columns {
 
 mod batch;
 mod console;
+mod gates;
 mod logs;
 mod rows;
 mod schedules;
@@ -218,6 +225,7 @@ use batch::Batcher;
 pub use console::{
     AttemptInfo, AuditEntry, FinishedCount, JobQuery, StateCounts, Timing, WorkerInfo,
 };
+pub use gates::Admission;
 use rows::job_from_row;
 
 impl Registry {
@@ -257,9 +265,11 @@ impl Registry {
     /// A registry on `db` whose inserts, starts, progress saves and finishes go through
     /// batching tasks.
     fn with_batches(db: Db, with_tasks: bool) -> Self {
+        let gated = Gated::default();
         let writer = Writer {
             db: db.clone(),
             with_tasks,
+            gated: gated.clone(),
         };
         let batches = Batches {
             inserts: writer.batching(|w, batch| async move { w.insert_all(batch).await }),
@@ -272,7 +282,15 @@ impl Registry {
             db,
             batches: Arc::new(batches),
             with_tasks,
+            gated,
         }
+    }
+
+    /// Names the kinds that have limits (see `crate::gates`): [`Registry::start`] leaves their
+    /// jobs alone (answering `None`), for [`Registry::start_gated`] to start. Set once, at start;
+    /// with none set every kind starts through `start`.
+    pub fn gate_kinds(&self, kinds: Vec<String>) {
+        let _ = self.gated.set(kinds);
     }
 
     /// The SQLite pool, when the registry is on SQLite.
@@ -444,6 +462,7 @@ impl Registry {
              AND queued_at < $1 AND (run_at IS NULL OR run_at < $1) \
              AND (queued_at > $2 OR (queued_at = $2 AND id > $3)) \
              AND kind NOT IN (SELECT kind FROM paused_kinds) \
+             AND (waiting IS NULL OR waiting <> 'slot') \
              ORDER BY queued_at, id LIMIT $4"
         );
         let (from_at, from_id) =
@@ -531,8 +550,8 @@ impl Registry {
     /// Cancels a job that has not started; `None` if it is not queued any more.
     pub async fn cancel_queued(&self, id: JobId) -> Result<Option<Job>, RegistryError> {
         let sql = concat!(
-            "UPDATE jobs SET state = 'cancelled', error = 'cancelled', finished_at = $1 \
-             WHERE id = $2 AND state = 'queued' RETURNING ",
+            "UPDATE jobs SET state = 'cancelled', error = 'cancelled', finished_at = $1, \
+             waiting = NULL WHERE id = $2 AND state = 'queued' RETURNING ",
             job_columns!()
         );
         on_db!(self, pool => {
@@ -707,12 +726,23 @@ impl Writer {
         workers.dedup();
         for worker in workers {
             let batch: Vec<&Start> = requests.iter().filter(|r| r.worker == worker).collect();
+            // Limited kinds start through `start_gated`.
+            let gated = self.gated.get().map(Vec::as_slice).unwrap_or_default();
+            let not_gated = if gated.is_empty() {
+                String::new()
+            } else {
+                let first = 3 + 2 * batch.len();
+                format!(
+                    " AND jobs.kind NOT IN {}",
+                    batch::values(1, gated.len(), first)
+                )
+            };
             let sql = format!(
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = $1, \
                  progress = NULL, stage = NULL, run_at = NULL, worker = $2 \
                  FROM (VALUES {}) AS t \
                  WHERE jobs.id = t.column1 AND jobs.delivery = t.column2 AND {} \
-                 AND jobs.kind NOT IN (SELECT kind FROM paused_kinds) \
+                 AND jobs.kind NOT IN (SELECT kind FROM paused_kinds){not_gated} \
                  RETURNING {}",
                 batch::values(batch.len(), 2, 3),
                 self.job_in_state("queued"),
@@ -722,6 +752,9 @@ impl Writer {
                 let mut query = sqlx::query(AssertSqlSafe(sql.as_str())).bind(now).bind(worker);
                 for request in &batch {
                     query = query.bind(request.id.to_string()).bind(request.delivery);
+                }
+                for kind in gated {
+                    query = query.bind(kind);
                 }
                 let rows = query.fetch_all(pool).await?;
                 rows.iter().map(job_from_row).collect::<Result<_, _>>()?

@@ -153,6 +153,57 @@ pub fn job_view(job: &Job) -> JobView {
         finished_at: job.finished_at.map(rfc3339),
         run_at: job.run_at.map(rfc3339),
         retry_of: job.retry_of.map(|id| id.to_string()),
+        waiting: None,
+        eta: eta(job, errand_engine::now_ms()).map(rfc3339),
+    }
+}
+
+/// When a running job should finish at its rate so far: the time it took for its progress,
+/// stretched to the whole. `None` before it reported 1 %.
+fn eta(job: &Job, now: i64) -> Option<i64> {
+    let progress = job.progress.filter(|p| (0.01..1.0).contains(p))?;
+    let started = job
+        .started_at
+        .filter(|_| job.state == errand_engine::JobState::Running)?;
+    let elapsed = (now - started).max(0) as f64;
+    Some(now + (elapsed * (1.0 - progress) / progress) as i64)
+}
+
+/// [`job_view`] with why it waits, if it is queued: for the answers about one job.
+pub async fn job_view_waiting(
+    engine: &Engine,
+    job: &Job,
+) -> Result<JobView, errand_engine::EngineError> {
+    let mut view = job_view(job);
+    if let Some(waiting) = engine.waiting(job).await? {
+        view.waiting = Some(waiting_view(&waiting));
+        let text = crate::wire::waiting_text(&view, errand_engine::now_ms());
+        if let Some(view_waiting) = view.waiting.as_mut() {
+            view_waiting.text = text.unwrap_or_default();
+        }
+    }
+    Ok(view)
+}
+
+/// The one conversion of the engine's `Waiting` (its `text` is filled by the caller).
+fn waiting_view(waiting: &errand_engine::waiting::Waiting) -> crate::wire::WaitingView {
+    use errand_engine::waiting::WaitReason as R;
+    let (reason, ahead, busy, slots) = match &waiting.reason {
+        R::Paused => ("paused", None, None, None),
+        R::Scheduled => ("scheduled", None, None, None),
+        R::Retry => ("retry", None, None, None),
+        R::Rate => ("rate", None, None, None),
+        R::Slot { busy, slots } => ("slot", None, Some(*busy), Some(*slots)),
+        R::Queue { ahead } => ("queue", Some(*ahead), None, None),
+    };
+    crate::wire::WaitingView {
+        reason: reason.to_owned(),
+        text: String::new(),
+        until: waiting.until.map(rfc3339),
+        ahead,
+        busy,
+        slots,
+        key: waiting.key.clone(),
     }
 }
 
@@ -164,12 +215,16 @@ pub fn log_view(line: &LogLine) -> LogLineView {
     }
 }
 
-pub fn detail_view(detail: &errand_engine::JobDetail) -> JobDetail {
-    JobDetail {
-        job: job_view(&detail.job),
+/// A job with its log lines and manual retries, and why it waits if it is queued.
+pub async fn detail_view(
+    engine: &Engine,
+    detail: &errand_engine::JobDetail,
+) -> Result<JobDetail, errand_engine::EngineError> {
+    Ok(JobDetail {
+        job: job_view_waiting(engine, &detail.job).await?,
         logs: detail.logs.iter().map(log_view).collect(),
         retried_as: detail.retried_as.iter().map(ToString::to_string).collect(),
-    }
+    })
 }
 
 /// A page of jobs; a full page gets a cursor for the next one.

@@ -58,6 +58,98 @@ pub struct JobView {
     pub run_at: Option<String>,
     /// The job this one retries by hand.
     pub retry_of: Option<String>,
+    /// While queued, in the answers about one job (its page, `GET /api/jobs/{id}`, its event
+    /// stream): why it has not started and until when. `null` otherwise, and in lists.
+    #[serde(default)]
+    pub waiting: Option<WaitingView>,
+    /// While running, once it reported progress: when it should finish at its rate so far
+    /// (RFC 3339).
+    #[serde(default)]
+    pub eta: Option<String>,
+}
+
+/// Why a queued job has not started (the engine's `waiting::Waiting`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingView {
+    /// `paused`, `scheduled`, `retry`, `rate`, `slot` or `queue`.
+    pub reason: String,
+    /// The same in words, as the job's page says it.
+    pub text: String,
+    /// When it starts (RFC 3339): exact for `scheduled`, `retry` and `rate`, an estimate from
+    /// recent throughput for `queue`; `null` for `paused` and `slot`.
+    pub until: Option<String>,
+    /// `queue`: how many jobs are ahead of it (counted up to 10,000).
+    pub ahead: Option<u64>,
+    /// `slot`: how many of its limit's slots are busy, of how many.
+    pub busy: Option<u64>,
+    pub slots: Option<u32>,
+    /// `rate` and `slot` under a per-key limit: the key (a webhook's host, say).
+    pub key: Option<String>,
+}
+
+/// What a queued job's page says of its wait, counting down to `now` (unix ms); `None` when
+/// it is not queued or nothing holds it. Jobs seen without a `waiting` (in a list's events)
+/// still get their scheduled time or retry from `run_at`.
+pub fn waiting_text(job: &JobView, now: i64) -> Option<String> {
+    use crate::clock::{seconds_until, time_of_day};
+    if job.state != JobState::Queued {
+        return None;
+    }
+    let scheduled = |at: &str| {
+        let seconds = seconds_until(at, now);
+        if job.attempts > 0 {
+            format!(
+                "Retrying in {seconds} s (attempt {} of {})",
+                job.attempts + 1,
+                job.max_attempts
+            )
+        } else {
+            format!("Scheduled for {} UTC (in {seconds} s)", time_of_day(at))
+        }
+    };
+    let Some(waiting) = &job.waiting else {
+        return job.run_at.as_deref().map(scheduled);
+    };
+    let limited = || match &waiting.key {
+        Some(key) => format!("{} for {key}", job.kind),
+        None => job.kind.clone(),
+    };
+    let until = waiting.until.as_deref();
+    Some(match waiting.reason.as_str() {
+        "paused" => "Paused by the operator".to_owned(),
+        "scheduled" | "retry" => scheduled(until.unwrap_or_default()),
+        "rate" => format!(
+            "Rate limit for {}: next slot in {} s",
+            limited(),
+            until.map_or(0, |at| seconds_until(at, now))
+        ),
+        "slot" => format!(
+            "Waiting for a {} slot ({} of {} busy)",
+            limited(),
+            waiting.busy.unwrap_or(0),
+            waiting.slots.unwrap_or(0)
+        ),
+        _ => {
+            let ahead = match waiting.ahead.unwrap_or(0) {
+                0 => "Next in line".to_owned(),
+                1 => "1 job ahead of it".to_owned(),
+                n if n >= 10_000 => "10,000 or more jobs ahead of it".to_owned(),
+                n => format!("{n} jobs ahead of it"),
+            };
+            match until {
+                Some(at) => format!("{ahead}; expected to start in {} s", seconds_until(at, now)),
+                None => ahead,
+            }
+        }
+    })
+}
+
+/// Seconds left until a running job's estimated finish, by its `eta`.
+pub fn seconds_left(job: &JobView, now: i64) -> Option<i64> {
+    (job.state == JobState::Running)
+        .then_some(job.eta.as_deref())
+        .flatten()
+        .map(|eta| crate::clock::seconds_until(eta, now))
 }
 
 #[cfg(test)]
@@ -80,6 +172,8 @@ impl JobView {
             finished_at: None,
             run_at: None,
             retry_of: None,
+            waiting: None,
+            eta: None,
         }
     }
 }
@@ -208,5 +302,78 @@ mod tests {
         assert_eq!(json, "\"succeeded\"");
         assert!(JobState::Cancelled.is_terminal());
         assert!(!JobState::Running.is_terminal());
+    }
+
+    /// A queued `sleep` job waiting for `reason`, until 2026-01-01T00:00:10Z.
+    fn waiting(reason: &str) -> JobView {
+        let mut job = JobView::example("j", JobState::Queued);
+        job.waiting = Some(WaitingView {
+            reason: reason.into(),
+            text: String::new(),
+            until: Some("2026-01-01T00:00:10.000Z".into()),
+            ahead: None,
+            busy: None,
+            slots: None,
+            key: None,
+        });
+        job
+    }
+
+    fn edit(job: &mut JobView, change: impl FnOnce(&mut WaitingView)) {
+        if let Some(waiting) = job.waiting.as_mut() {
+            change(waiting);
+        }
+    }
+
+    #[test]
+    fn each_reason_to_wait_is_said_with_its_count_down() {
+        // 2026-01-01T00:00:07.500Z: 2.5 s before `until`, which counts as 3.
+        let now = 1_767_225_607_500;
+        let text = |job: &JobView| waiting_text(job, now).unwrap_or_default();
+        assert_eq!(
+            text(&waiting("scheduled")),
+            "Scheduled for 00:00:10 UTC (in 3 s)"
+        );
+        let mut retry = waiting("retry");
+        (retry.attempts, retry.max_attempts) = (1, 3);
+        assert_eq!(text(&retry), "Retrying in 3 s (attempt 2 of 3)");
+        let mut rate = waiting("rate");
+        rate.kind = "webhook".into();
+        edit(&mut rate, |w| w.key = Some("api.example.com".into()));
+        assert_eq!(
+            text(&rate),
+            "Rate limit for webhook for api.example.com: next slot in 3 s"
+        );
+        let mut slot = waiting("slot");
+        slot.kind = "thumbnail".into();
+        edit(&mut slot, |w| (w.busy, w.slots) = (Some(4), Some(4)));
+        assert_eq!(text(&slot), "Waiting for a thumbnail slot (4 of 4 busy)");
+        assert_eq!(text(&waiting("paused")), "Paused by the operator");
+        let mut queue = waiting("queue");
+        edit(&mut queue, |w| w.ahead = Some(3));
+        assert_eq!(text(&queue), "3 jobs ahead of it; expected to start in 3 s");
+        edit(&mut queue, |w| (w.ahead, w.until) = (Some(1), None));
+        assert_eq!(text(&queue), "1 job ahead of it");
+        edit(&mut queue, |w| w.ahead = Some(10_000));
+        assert_eq!(text(&queue), "10,000 or more jobs ahead of it");
+
+        // Without `waiting` (a list's events), a scheduled time still shows; other states say
+        // nothing.
+        let mut listed = JobView::example("j", JobState::Queued);
+        listed.run_at = Some("2026-01-01T00:00:10.000Z".into());
+        assert_eq!(text(&listed), "Scheduled for 00:00:10 UTC (in 3 s)");
+        listed.state = JobState::Running;
+        assert_eq!(waiting_text(&listed, now), None);
+    }
+
+    #[test]
+    fn a_running_jobs_time_left_counts_down_to_its_eta() {
+        let now = 1_767_225_607_500;
+        let mut job = JobView::example("j", JobState::Running);
+        assert_eq!(seconds_left(&job, now), None);
+        job.eta = Some("2026-01-01T00:00:10.000Z".into());
+        assert_eq!(seconds_left(&job, now), Some(3));
+        job.state = JobState::Succeeded;
+        assert_eq!(seconds_left(&job, now), None);
     }
 }

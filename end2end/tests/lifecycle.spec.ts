@@ -63,6 +63,47 @@ test.describe("job lifecycle from its page", () => {
   });
 });
 
+test.describe("why a job waits", () => {
+  // `./scripts/test` runs the server with this many workers, so a handful of jobs fill them.
+  const WORKERS = Number(process.env.ERRAND_CONCURRENCY ?? "64");
+
+  test("a queued job shows the jobs ahead of it, then starts; a running job shows its time left", async ({ page }) => {
+    // Every worker busy for 4 s, reporting progress each second.
+    const busy: string[] = [];
+    for (let n = 0; n < WORKERS; n++) {
+      busy.push(await apiStartJob(page.request, "sleep", { ms: 4_000, steps: 4 }));
+    }
+    for (const id of busy) {
+      await apiWaitForJobState(page.request, id, "running");
+    }
+    const ahead = await apiStartJob(page.request, "sleep", { ms: 0 });
+    const id = await apiStartJob(page.request, "sleep", { ms: 0 });
+
+    const api = await (await page.request.get(`/api/jobs/${id}`)).json();
+    expect(api.state).toBe("queued");
+    expect(api.waiting).toMatchObject({ reason: "queue", ahead: 1, text: expect.stringContaining("1 job ahead of it") });
+
+    await page.goto(`/jobs/${id}`);
+    await waitForHydration(page);
+    const waiting = page.getByTestId("job-waiting");
+    await expect(waiting).toContainText("1 job ahead of it");
+    await expect(page.getByTestId("job-state")).toHaveText("succeeded", { timeout: 20_000 });
+    await expect(waiting).toHaveCount(0);
+    await apiWaitForJobState(page.request, ahead, "succeeded");
+
+    // A running job with progress: "about N s left" beside its bar, counting down.
+    const long = await apiStartJob(page.request, "sleep", { ms: 6_000, steps: 6 });
+    await page.goto(`/jobs/${long}`);
+    await waitForHydration(page);
+    const eta = page.getByTestId("job-eta");
+    await expect(eta).toContainText(/about \d+ s left/, { timeout: 5_000 });
+    const left = async () => Number(/about (\d+) s/.exec((await eta.textContent()) ?? "")?.[1] ?? NaN);
+    expect(await left()).toBeLessThanOrEqual(6);
+    await expect(page.getByTestId("job-state")).toHaveText("succeeded", { timeout: 15_000 });
+    await expect(eta).toHaveCount(0);
+  });
+});
+
 test.describe("job lifecycle from the list", () => {
   test("a running job is cancelled from /jobs, and its row updates live", async ({ page }) => {
     const id = await apiStartJob(page.request, "sleep", { ms: 20_000, steps: 20 });

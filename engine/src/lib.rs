@@ -19,6 +19,7 @@ mod supervisor;
 pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod waiting;
 pub mod worker;
 
 pub use console::{BulkAction, BulkStatus, ConsoleError, Operator, PAUSED_STAGE, Role};

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, KeepAliveStream, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router, routing::get};
-use errand_app::server::{detail_view, job_view, list_view, log_view};
+use errand_app::server::{detail_view, job_view, job_view_waiting, list_view, log_view};
 use errand_engine::{
     CancelOutcome, Engine, EngineError, JobEvent, JobFilter, JobId, MAX_DELAY_MS, Owner, Params,
     Shared, SubmitError, SubmitOptions, Topic, now_ms,
@@ -311,7 +311,7 @@ async fn job(
         .job(&owner, parse_id(&id)?)
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(Json(job_view(&job)))
+    Ok(Json(job_view_waiting(&engine, &job).await?))
 }
 
 /// `GET /api/schedules` → the recurring jobs (`--schedules`) with their next and last run.
@@ -429,32 +429,87 @@ async fn job_events(
         .job_with_logs(&owner, id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let snapshot = event(SNAPSHOT, &detail_view(&detail));
+    let snapshot = event(SNAPSHOT, &detail_view(&engine, &detail).await?);
     if detail.job.state.is_terminal() {
         return Ok(sse(stream::once(async { snapshot })));
     }
 
-    let changes = stream::unfold(Some((receiver, engine, owner)), move |state| async move {
-        let (mut receiver, engine, owner) = state?;
-        match receiver.recv().await {
-            Ok(JobEvent::Changed(job)) => {
-                let next = (!job.state.is_terminal()).then_some((receiver, engine, owner));
-                Some((shared_event(JOB, &job, job_view), next))
+    // While the job is queued, why it waits changes without an event of its own (jobs ahead
+    // of it start, a slot frees): it is sent again every few seconds of quiet.
+    let watch = Watch {
+        receiver,
+        engine,
+        owner,
+        queued: detail.job.state == errand_engine::JobState::Queued,
+    };
+    let changes = stream::unfold(Some(watch), move |watch| async move {
+        let mut watch = watch?;
+        let next = if watch.queued {
+            match tokio::time::timeout(WAITING_REFRESH, watch.receiver.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let job = watch.engine.job(&watch.owner, id).await.ok().flatten()?;
+                    return Some(watch.job_event(&job).await);
+                }
             }
-            Ok(JobEvent::Log { line, .. }) => Some((
-                shared_event(LOG, &line, log_view),
-                Some((receiver, engine, owner)),
-            )),
+        } else {
+            watch.receiver.recv().await
+        };
+        match next {
+            // Rendered once for every watcher, but while queued (why it waits is per job).
+            Ok(JobEvent::Changed(job)) if job.state != errand_engine::JobState::Queued => {
+                let event = shared_event(JOB, &job, job_view);
+                Some((event, watch.after(&job)))
+            }
+            Ok(JobEvent::Changed(job)) => Some(watch.job_event(&job).await),
+            Ok(JobEvent::Log { line, .. }) => {
+                Some((shared_event(LOG, &line, log_view), Some(watch)))
+            }
             Err(RecvError::Lagged(_)) => {
                 // Too slow to follow every change: send a fresh snapshot instead.
-                let detail = engine.job_with_logs(&owner, id).await.ok().flatten()?;
-                let next = (!detail.job.state.is_terminal()).then_some((receiver, engine, owner));
-                Some((event(SNAPSHOT, &detail_view(&detail)), next))
+                let detail = watch
+                    .engine
+                    .job_with_logs(&watch.owner, id)
+                    .await
+                    .ok()
+                    .flatten()?;
+                let view = detail_view(&watch.engine, &detail).await.ok()?;
+                Some((event(SNAPSHOT, &view), watch.after(&detail.job)))
             }
             Err(RecvError::Closed) => None,
         }
     });
     Ok(sse(stream::once(async { snapshot }).chain(changes)))
+}
+
+/// How long a queued job's event stream stays quiet before it sends why the job waits again.
+const WAITING_REFRESH: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// One watcher of one job's event stream.
+struct Watch {
+    receiver: errand_engine::hub::Subscription,
+    engine: Engine,
+    owner: Owner,
+    /// The job was queued at its last event.
+    queued: bool,
+}
+
+impl Watch {
+    /// The `job` event for the job as it is now, with why it waits if it is queued, and the
+    /// watch to go on with.
+    async fn job_event(self, job: &errand_engine::Job) -> (Event, Option<Self>) {
+        use errand_app::wire::event::JOB;
+        let view = job_view_waiting(&self.engine, job)
+            .await
+            .unwrap_or_else(|_| job_view(job));
+        (event(JOB, &view), self.after(job))
+    }
+
+    /// The watch to go on with after an event of `job`: none once it is final.
+    fn after(mut self, job: &errand_engine::Job) -> Option<Self> {
+        self.queued = job.state == errand_engine::JobState::Queued;
+        (!job.state.is_terminal()).then_some(self)
+    }
 }
 
 /// `GET /api/admin/events` (console logins only, see `operators::gate`): every change to

@@ -454,3 +454,122 @@ async fn a_schedule_of_an_unknown_kind_or_bad_params_stops_the_start() {
         assert!(err.contains(says), "{text}: {err}");
     }
 }
+
+/// A webhook receiver on a free local port that answers 200 after `hold`; its URL.
+async fn slow_receiver(hold: Duration) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || async move {
+            tokio::time::sleep(hold).await;
+            axum::http::StatusCode::OK
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test]
+async fn a_queued_job_says_why_it_waits_and_until_when() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("limits.toml");
+    let limits = "[[limit]]\nkind = \"webhook\"\nper_key = true\nconcurrency = 1\n";
+    std::fs::write(&file, limits).expect("write");
+    let app = TestApp::spawn_with(|config| config.limits = Some(file.clone())).await;
+    let client = app.client();
+    let hook = slow_receiver(Duration::from_millis(1_500)).await;
+
+    // One request at a time to the host: the second webhook waits for the first's slot.
+    let submit = |url: String| {
+        let client = client.clone();
+        async move {
+            let response = client
+                .submit(json!({ "kind": "webhook", "params": { "url": url } }))
+                .await;
+            assert_eq!(response.status(), 202);
+            let body: Value = response.json().await.expect("json");
+            body["id"].as_str().expect("id").to_owned()
+        }
+    };
+    let first = submit(hook.clone()).await;
+    client
+        .wait_for_state(&first, &["running"], Duration::from_secs(5))
+        .await;
+    let second = submit(hook.clone()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let waiting = loop {
+        let job = client.job(&second).await;
+        if job["waiting"]["reason"] == "slot" {
+            break job["waiting"].clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        waiting,
+        json!({ "reason": "slot", "text": "Waiting for a webhook for 127.0.0.1 slot (1 of 1 busy)",
+                "until": null, "ahead": null, "busy": 1, "slots": 1, "key": "127.0.0.1" })
+    );
+    let done = client
+        .wait_for_state(&second, &["succeeded"], Duration::from_secs(10))
+        .await;
+    assert!(done["waiting"].is_null(), "{done}");
+    let first = client.job(&first).await;
+    assert!(
+        millis_between(&first["finished_at"], &done["started_at"]) >= 0,
+        "the second started after the first finished: {first} {done}"
+    );
+
+    // A job submitted to start later says when.
+    let response = client
+        .submit(json!({ "kind": "sleep", "params": { "ms": 0 }, "delay_ms": 60_000 }))
+        .await;
+    let body: Value = response.json().await.expect("json");
+    let id = body["id"].as_str().expect("id");
+    let job = client.job(id).await;
+    assert_eq!(job["waiting"]["reason"], "scheduled");
+    assert_eq!(job["waiting"]["until"], job["run_at"]);
+    assert!(
+        job["waiting"]["text"]
+            .as_str()
+            .is_some_and(|text| text.starts_with("Scheduled for ")),
+        "{job}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_limits_file_with_an_unknown_kind_or_a_bad_value_stops_the_start() {
+    let dir = tempfile::tempdir().expect("dir");
+    for (text, says) in [
+        (
+            "[[limit]]\nkind = \"nope\"\nconcurrency = 1\n",
+            "no such kind",
+        ),
+        (
+            "[[limit]]\nkind = \"sleep\"\nper_key = true\nrate = 1\n",
+            "no key",
+        ),
+        (
+            "[[limit]]\nkind = \"sleep\"\nconcurrency = 0\n",
+            "concurrency must be",
+        ),
+    ] {
+        let file = dir.path().join("limits.toml");
+        std::fs::write(&file, text).expect("write");
+        let mut config = errand_server::Config::for_tests(dir.path().join("data"));
+        config.limits = Some(file);
+        let err = match errand_server::Application::build(config).await {
+            Ok(_) => panic!("{text} was accepted"),
+            Err(err) => format!("{err:#}"),
+        };
+        // Values are refused reading the file; kinds, opening the engine, which knows them.
+        assert!(
+            err.contains(says) && err.contains("limit for"),
+            "{text}: {err}"
+        );
+    }
+}

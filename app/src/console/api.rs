@@ -104,7 +104,7 @@ pub async fn console_job(id: String) -> Result<Option<JobRecord>, AppError> {
             .collect(),
         params: pretty(&detail.job.params),
         result: detail.job.result.as_ref().map(pretty),
-        detail: detail_view(&detail),
+        detail: detail_view(&engine, &detail).await.map_err(internal)?,
         can_act: who.role.may_act(),
     }))
 }

@@ -46,11 +46,18 @@ pub async fn get_job(id: String) -> Result<Option<JobDetail>, AppError> {
     let Ok(id) = id.parse() else {
         return Ok(None);
     };
-    let found = engine()?
+    let engine = engine()?;
+    let Some(found) = engine
         .job_with_logs(&owner()?, id)
         .await
-        .map_err(internal)?;
-    Ok(found.as_ref().map(detail_view))
+        .map_err(internal)?
+    else {
+        return Ok(None);
+    };
+    detail_view(&engine, &found)
+        .await
+        .map(Some)
+        .map_err(internal)
 }
 
 /// Cancels one of this browser's jobs (queued: at once; running: its handler is signalled).

@@ -91,6 +91,7 @@ fn LiveJob(detail: JobDetail) -> impl IntoView {
                 </span>
                 " "
                 <span data-testid="job-stage">{move || job.read().stage.clone().unwrap_or_default()}</span>
+                <Eta job/>
             </p>
             <Waiting job/>
             <Links job retried_as/>
@@ -151,31 +152,29 @@ fn JobOutcome(job: RwSignal<JobView>) -> impl IntoView {
     }
 }
 
-/// While a queued job waits for its time: "scheduled for …" or "retrying in N s (attempt 2 of
-/// 3)", counting down live.
+/// While a queued job waits: why and until when ("scheduled for …", "3 jobs ahead of it",
+/// "waiting for a thumbnail slot (4 of 4 busy)"…), counting down live.
 #[component]
 fn Waiting(job: RwSignal<JobView>) -> impl IntoView {
     let now = crate::clock::ticking_now();
-    let text = move || {
-        let job = job.read();
-        let at = job
-            .run_at
-            .as_deref()
-            .filter(|_| job.state == crate::wire::JobState::Queued)?;
-        let seconds = crate::clock::seconds_until(at, now.get());
-        Some(if job.attempts > 0 {
-            format!(
-                "Retrying in {seconds} s (attempt {} of {})",
-                job.attempts + 1,
-                job.max_attempts
-            )
-        } else {
-            format!("Scheduled for {} UTC (in {seconds} s)", time_of_day(at))
-        })
-    };
+    let text = move || crate::wire::waiting_text(&job.read(), now.get());
     view! {
         <Show when=move || text().is_some()>
             <p class="waiting" data-testid="job-waiting">{text}</p>
+        </Show>
+    }
+}
+
+/// A running job's estimated time left, from its progress rate, counting down live.
+#[component]
+fn Eta(job: RwSignal<JobView>) -> impl IntoView {
+    let now = crate::clock::ticking_now();
+    let left = move || crate::wire::seconds_left(&job.read(), now.get());
+    view! {
+        <Show when=move || left().is_some()>
+            <span class="eta" data-testid="job-eta">
+                {move || format!("about {} s left", left().unwrap_or(0))}
+            </span>
         </Show>
     }
 }

@@ -73,24 +73,29 @@ impl Registry {
         worker: &str,
         rule: &GateRule,
     ) -> Result<Admission, RegistryError> {
-        let now = now_ms();
         let (id, key) = (id.to_string(), rule.key.as_str());
         let read = "SELECT delivery, rate_slot FROM jobs WHERE id = $1 AND state = 'queued' \
                     AND kind NOT IN (SELECT kind FROM paused_kinds)";
         let count = "SELECT COUNT(*) FROM jobs WHERE limit_key = $1 AND state = 'running'";
-        let wait = "UPDATE jobs SET waiting = 'slot', limit_key = $1 WHERE id = $2";
+        let wait = "UPDATE jobs SET waiting = 'slot', limit_key = $1 WHERE id = $2 \
+                    AND state = 'queued'";
         let read_tat = "SELECT tat FROM rate_limits WHERE key = $1";
         let write_tat = "INSERT INTO rate_limits (key, tat) VALUES ($1, $2) \
                          ON CONFLICT (key) DO UPDATE SET tat = excluded.tat";
         let later = "UPDATE jobs SET waiting = 'rate', limit_key = $1, rate_slot = $2, \
-                     run_at = $2, delivery = delivery + 1 WHERE id = $3 RETURNING delivery";
+                     run_at = $2, delivery = delivery + 1 WHERE id = $3 AND state = 'queued' \
+                     RETURNING delivery";
         let start = concat!(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = $1, \
              progress = NULL, stage = NULL, run_at = NULL, worker = $2, limit_key = $3, \
-             waiting = NULL, rate_slot = NULL WHERE id = $4 RETURNING ",
+             waiting = NULL, rate_slot = NULL \
+             WHERE id = $4 AND delivery = $5 AND state = 'queued' RETURNING ",
             job_columns!()
         );
         let admission = with_key_locked!(self, key, tx => 'gate: {
+            // Read once the key is locked: the start time recorded is after every finish that
+            // freed its slot.
+            let now = now_ms();
             let row: Option<(i64, Option<i64>)> =
                 sqlx::query_as(read).bind(&id).fetch_optional(&mut *tx).await?;
             let Some((_, reserved)) = row.filter(|(current, _)| *current == delivery) else {
@@ -124,23 +129,32 @@ impl Registry {
                     }
                 };
                 if let Some(at) = slot {
-                    let delivery: i64 = sqlx::query_scalar(later)
+                    let delivery: Option<i64> = sqlx::query_scalar(later)
                         .bind(key)
                         .bind(at)
                         .bind(&id)
-                        .fetch_one(&mut *tx)
+                        .fetch_optional(&mut *tx)
                         .await?;
-                    break 'gate Admission::Later { delivery, at };
+                    break 'gate match delivery {
+                        Some(delivery) => Admission::Later { delivery, at },
+                        None => Admission::Skipped,
+                    };
                 }
             }
+            // Written by a process that does not take the key's lock (a cancel, say) since it
+            // was read: then there is nothing to start.
             let row = sqlx::query(start)
                 .bind(now)
                 .bind(worker)
                 .bind(key)
                 .bind(&id)
-                .fetch_one(&mut *tx)
+                .bind(delivery)
+                .fetch_optional(&mut *tx)
                 .await?;
-            Admission::Started(Box::new(job_from_row(&row)?))
+            match row {
+                Some(row) => Admission::Started(Box::new(job_from_row(&row)?)),
+                None => Admission::Skipped,
+            }
         });
         Ok(admission)
     }

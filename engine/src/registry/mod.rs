@@ -219,6 +219,7 @@ mod gates;
 mod logs;
 mod rows;
 mod schedules;
+mod waiting;
 mod workers;
 
 use batch::Batcher;
@@ -227,6 +228,7 @@ pub use console::{
 };
 pub use gates::Admission;
 use rows::job_from_row;
+pub use waiting::WaitFacts;
 
 impl Registry {
     /// Opens (creating if needed) the registry file and runs its embedded migrations.

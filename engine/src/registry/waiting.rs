@@ -1,0 +1,87 @@
+//! What the registry knows of why a queued job has not started (see `crate::waiting`).
+
+use super::{Db, Registry, RegistryError};
+use sqlx::AssertSqlSafe;
+
+/// A queued job's row, as far as its waiting goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitFacts {
+    /// Its kind is paused by an operator.
+    pub paused: bool,
+    /// `slot` or `rate` (see `crate::gates`), else `None`.
+    pub waiting: Option<String>,
+    /// The limit key it waits under.
+    pub limit_key: Option<String>,
+    /// Its reserved rate slot (unix ms).
+    pub rate_slot: Option<i64>,
+    /// When it entered the queue (unix ms).
+    pub queued_at: i64,
+}
+
+impl Registry {
+    /// Why queued job `id` may be held back; `None` when it is not queued.
+    pub async fn wait_facts(&self, id: &str) -> Result<Option<WaitFacts>, RegistryError> {
+        let sql = "SELECT (SELECT COUNT(*) FROM paused_kinds p WHERE p.kind = jobs.kind), \
+                   waiting, limit_key, rate_slot, queued_at FROM jobs \
+                   WHERE id = $1 AND state = 'queued'";
+        type Row = (
+            i64,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<i64>,
+        );
+        let row: Option<Row> =
+            on_db!(self, pool => sqlx::query_as(sql).bind(id).fetch_optional(pool).await?);
+        Ok(row.map(
+            |(paused, waiting, limit_key, rate_slot, queued_at)| WaitFacts {
+                paused: paused > 0,
+                waiting,
+                limit_key,
+                rate_slot,
+                queued_at: queued_at.unwrap_or_default(),
+            },
+        ))
+    }
+
+    /// How many of `key`'s jobs run now.
+    pub async fn running_under(&self, key: &str) -> Result<u64, RegistryError> {
+        let sql = "SELECT COUNT(*) FROM jobs WHERE limit_key = $1 AND state = 'running'";
+        let count: i64 =
+            on_db!(self, pool => sqlx::query_scalar(sql).bind(key).fetch_one(pool).await?);
+        Ok(count.max(0) as u64)
+    }
+
+    /// How many queued jobs, due by `now`, entered the queue before `(queued_at, id)` and are
+    /// not held back (by a pause or a busy slot): the jobs ahead of it. Counts no further than
+    /// `up_to`.
+    pub async fn jobs_ahead(
+        &self,
+        queued_at: i64,
+        id: &str,
+        now: i64,
+        up_to: u64,
+    ) -> Result<u64, RegistryError> {
+        let hint = match &self.db {
+            Db::Sqlite(_) => " INDEXED BY jobs_queued",
+            Db::Postgres(_) => "",
+        };
+        let sql = format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM jobs{hint} WHERE state = 'queued' \
+             AND queued_at <= $1 AND (queued_at < $1 OR id < $2) \
+             AND (run_at IS NULL OR run_at <= $3) \
+             AND (waiting IS NULL OR waiting <> 'slot') \
+             AND kind NOT IN (SELECT kind FROM paused_kinds) LIMIT $4) AS t"
+        );
+        let count: i64 = on_db!(self, pool => {
+            sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
+                .bind(queued_at)
+                .bind(id)
+                .bind(now)
+                .bind(up_to as i64)
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(count.max(0) as u64)
+    }
+}

@@ -144,7 +144,9 @@ test.describe("operators' console", () => {
       await ownerPage.goto(`/jobs/${id}`);
       await waitForHydration(ownerPage);
       await expect(ownerPage.getByTestId("job-state")).toHaveText("queued");
-      await expect(ownerPage.getByText("paused by the operator")).toBeVisible();
+      // Said twice: the job's stage, and why it waits.
+      await expect(ownerPage.getByTestId("job-stage")).toHaveText("paused by the operator");
+      await expect(ownerPage.getByTestId("job-waiting")).toHaveText("Paused by the operator");
 
       await row.getByTestId("kind-toggle").click();
       await expect(row.getByTestId("kind-state")).toHaveText("running");

@@ -57,7 +57,7 @@ fn KindTable(page: Kinds, pause: ServerAction<ConsolePause>) -> impl IntoView {
     view! {
         {(!can_act).then(read_only_note)}
         <table class="jobs" data-testid="kinds">
-            <thead><tr><th>"Kind"</th><th>"Waiting"</th><th>"Running"</th><th>"State"</th><th></th></tr></thead>
+            <thead><tr><th>"Kind"</th><th>"Waiting"</th><th>"Running"</th><th>"Limit"</th><th>"State"</th><th></th></tr></thead>
             <tbody>
                 {page.kinds.into_iter().map(|kind| {
                     let paused = kind.paused_since.is_some();
@@ -67,6 +67,7 @@ fn KindTable(page: Kinds, pause: ServerAction<ConsolePause>) -> impl IntoView {
                             <td><a href=format!("/admin/jobs?kind={}", kind.kind)>{kind.kind.clone()}</a></td>
                             <td>{thousands(kind.queued)}</td>
                             <td>{thousands(kind.running)}</td>
+                            <td data-testid="kind-limit">{kind.limit.clone().unwrap_or_else(|| "–".into())}</td>
                             <td data-testid="kind-state">
                                 {match &kind.paused_since {
                                     Some(since) => format!("paused since {since}"),

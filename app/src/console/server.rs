@@ -147,6 +147,10 @@ pub async fn kind_rows(engine: &Engine) -> Result<Vec<KindRow>, EngineError> {
                     .iter()
                     .find(|(name, _)| name == kind)
                     .map(|(_, at)| rfc3339(*at)),
+                limit: engine
+                    .limits()
+                    .get(kind)
+                    .map(|limit| limit.describe(engine.kinds().key_name(kind))),
             }
         })
         .collect())

@@ -131,6 +131,8 @@ pub struct KindRow {
     pub running: u64,
     /// RFC 3339, when paused.
     pub paused_since: Option<String>,
+    /// Its concurrency and rate limits in words (`--limits`), if it has any.
+    pub limit: Option<String>,
 }
 
 /// The kinds page.

@@ -174,4 +174,32 @@ test.describe("operators' console", () => {
       .poll(async () => Number(await chart.getAttribute("data-total")), { timeout: 15_000 })
       .toBeGreaterThanOrEqual(before + 3);
   });
+
+  test("a recurring job runs now, pauses and resumes from the kinds page", async ({ page }) => {
+    // `./scripts/test` starts the server with a schedule named e2e-nightly (03:00 daily).
+    await logIn(page, ADMIN, "/admin/kinds");
+    const row = page.locator('[data-testid="schedule-row"][data-schedule="e2e-nightly"]');
+    await expect(row.getByTestId("schedule-state")).toHaveText("active");
+    await expect(row.getByTestId("schedule-next")).toHaveText("03:00:00 UTC");
+
+    await row.getByTestId("schedule-run").click();
+    const started = page.getByTestId("schedule-ran").locator("a");
+    await expect(started).toHaveAttribute("href", /^\/admin\/jobs\/[0-9A-HJKMNP-TV-Z]{26}$/);
+    await started.click();
+    await expect(page.getByTestId("console-job-owner")).toHaveText("schedule:e2e-nightly");
+
+    await page.goto("/admin/kinds");
+    await waitForHydration(page);
+    await row.getByTestId("schedule-toggle").click();
+    await expect(row.getByTestId("schedule-state")).toContainText("paused since");
+    const listing = await (await page.request.get("/api/schedules")).json();
+    const nightly = listing.schedules.find((s: { name: string }) => s.name === "e2e-nightly");
+    expect(nightly.paused_since).toMatch(/^\d{4}-/);
+    await row.getByTestId("schedule-toggle").click();
+    await expect(row.getByTestId("schedule-state")).toHaveText("active");
+
+    await page.goto("/admin/audit");
+    await expect(page.getByText("pause-schedule").first()).toBeVisible();
+    await expect(page.getByText("run-schedule").first()).toBeVisible();
+  });
 });

@@ -479,7 +479,7 @@ impl Engine {
     }
 
     /// Writes an action to the audit log (a failure is logged: the action itself is done).
-    async fn record(&self, who: &Operator, action: &str, target: &str, jobs: u64) {
+    pub(crate) async fn record(&self, who: &Operator, action: &str, target: &str, jobs: u64) {
         let entry = AuditEntry {
             at: crate::now_ms(),
             role: who.role.as_str().to_owned(),

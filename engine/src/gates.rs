@@ -55,6 +55,28 @@ pub struct Limit {
     pub rate: Option<Rate>,
 }
 
+impl Limit {
+    /// The limit in words, for operators: "at most 2 at once, 10 starts a second, per host".
+    pub fn describe(&self, key_name: Option<&str>) -> String {
+        let mut parts = Vec::new();
+        if let Some(slots) = self.concurrency {
+            parts.push(format!("at most {slots} at once"));
+        }
+        if let Some(rate) = self.rate {
+            let burst = if rate.burst > 1 {
+                format!(" (bursts of {})", rate.burst)
+            } else {
+                String::new()
+            };
+            parts.push(format!("{} starts a second{burst}", rate.per_second));
+        }
+        match key_name.filter(|_| self.per_key) {
+            Some(key) => format!("{}, per {key}", parts.join(", ")),
+            None => parts.join(", "),
+        }
+    }
+}
+
 /// The limit a job starts under: its key (`kind` or `kind:key`) and the limit's figures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GateRule {
@@ -247,6 +269,12 @@ mod tests {
             Some(Some(2))
         );
         assert!(parse("").expect("empty").is_empty());
+        let webhook = limits.get("webhook").expect("webhook");
+        assert_eq!(
+            webhook.describe(Some("host")),
+            "at most 2 at once, 10 starts a second (bursts of 3), per host"
+        );
+        assert_eq!(thumbnail.describe(None), "at most 4 at once");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! `missed = "run-once"`.
 
 use crate::model::{JobId, Owner, now_ms};
+use crate::console::{ConsoleError, Operator};
 use crate::{Engine, Params, SubmitOptions};
 use chrono::TimeZone;
 use chrono_tz::Tz;
@@ -169,6 +170,8 @@ pub struct ScheduleStatus {
     /// Unix ms of the last tick that made (or found) its job.
     pub last_run: Option<i64>,
     pub last_job: Option<JobId>,
+    /// Since when an operator paused it (unix ms).
+    pub paused_since: Option<i64>,
 }
 
 /// How long the scheduler sleeps at most before looking at the clock again (a clock that
@@ -184,6 +187,7 @@ impl Engine {
     /// Every schedule with its next and last run.
     pub async fn schedule_status(&self) -> Result<Vec<ScheduleStatus>, crate::EngineError> {
         let runs = self.registry().schedule_runs().await?;
+        let paused = self.registry().paused_schedules().await?;
         let now = now_ms();
         Ok(self
             .schedules()
@@ -194,15 +198,84 @@ impl Engine {
                     next_run: schedule.next_after(now),
                     last_run: run.map(|run| run.1),
                     last_job: run.map(|run| run.2),
+                    paused_since: paused
+                        .iter()
+                        .find(|(name, _)| *name == schedule.name)
+                        .map(|(_, since)| *since),
                     schedule: schedule.clone(),
                 }
             })
             .collect())
     }
 
+    /// Runs `name`'s job now, besides its ticks (the console's "run now"); its id. The job is
+    /// the schedule's like any tick's, under the key `now:<unix ms>`.
+    pub async fn run_schedule_now(&self, who: &Operator, name: &str) -> Result<JobId, ConsoleError> {
+        let schedule = self.operated_schedule(who, name)?;
+        let options = SubmitOptions {
+            idempotency_key: Some(format!("now:{}", now_ms())),
+            ..SubmitOptions::default()
+        };
+        let params = Params::Json(schedule.params.clone());
+        let submitted = self
+            .submit(&schedule.owner(), &schedule.kind, params, options)
+            .await?;
+        self.record(who, "run-schedule", name, 1).await;
+        Ok(submitted.id)
+    }
+
+    /// Pauses (`pause` true) or resumes schedule `name`: while paused its ticks make no job
+    /// (they are skipped, `missed = "run-once"` included), in every process.
+    pub async fn pause_schedule(
+        &self,
+        who: &Operator,
+        name: &str,
+        pause: bool,
+    ) -> Result<(), ConsoleError> {
+        self.operated_schedule(who, name)?;
+        let changed = if pause {
+            self.registry().pause_schedule(name, now_ms()).await?
+        } else {
+            self.registry().resume_schedule(name).await?
+        };
+        if changed {
+            let action = if pause { "pause-schedule" } else { "resume-schedule" };
+            self.record(who, action, name, 0).await;
+        }
+        Ok(())
+    }
+
+    /// The schedule an operator acts on, once the operator may act.
+    fn operated_schedule(&self, who: &Operator, name: &str) -> Result<Schedule, ConsoleError> {
+        if !who.role.may_act() {
+            return Err(ConsoleError::ReadOnly);
+        }
+        self.schedules()
+            .iter()
+            .find(|schedule| schedule.name == name)
+            .cloned()
+            .ok_or(ConsoleError::NotFound)
+    }
+
+    /// True when an operator paused `schedule` (a registry that cannot say counts as not).
+    async fn schedule_paused(&self, schedule: &Schedule) -> bool {
+        match self.registry().paused_schedules().await {
+            Ok(paused) => paused.iter().any(|(name, _)| *name == schedule.name),
+            Err(err) => {
+                tracing::warn!(schedule = %schedule.name, %err, "could not read the paused schedules");
+                false
+            }
+        }
+    }
+
     /// Submits the job of `schedule`'s tick at `tick` (once across every process: the tick is
-    /// its idempotency key) and records the run. Storage errors are retried a few times.
+    /// its idempotency key) and records the run, unless an operator paused the schedule.
+    /// Storage errors are retried a few times.
     pub async fn run_tick(&self, schedule: &Schedule, tick: i64) {
+        if self.schedule_paused(schedule).await {
+            tracing::debug!(schedule = %schedule.name, tick, "paused; the tick is skipped");
+            return;
+        }
         let options = SubmitOptions {
             idempotency_key: Some(format!("tick:{tick}")),
             ..SubmitOptions::default()

@@ -75,6 +75,7 @@ conformance!(
     a_schedule_makes_exactly_one_job_per_tick_however_many_processes_run_it,
     a_per_key_concurrency_limit_holds_across_processes_and_waiting_holds_no_worker,
     a_rate_limit_starts_a_keys_jobs_at_its_rate,
+    a_paused_schedule_skips_its_ticks_and_an_operator_may_run_it_now,
 );
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -1776,4 +1777,63 @@ async fn a_rate_limit_starts_a_keys_jobs_at_its_rate(backend: Backend) {
         let _ = stop.send(());
         let _ = workers.await;
     }
+}
+
+async fn a_paused_schedule_skips_its_ticks_and_an_operator_may_run_it_now(backend: Backend) {
+    let store = Store::new(backend).await;
+    let schedules = errand_engine::schedules::parse(EVERY_SECOND).expect("schedules");
+    let config = EngineConfig {
+        schedules: schedules.clone(),
+        ..store.config()
+    };
+    let engine = Engine::open(config).await.expect("opens");
+    let viewer = Operator {
+        role: Role::Viewer,
+        session: "v".into(),
+    };
+    assert!(matches!(
+        engine.pause_schedule(&viewer, "every-second", true).await,
+        Err(ConsoleError::ReadOnly)
+    ));
+    assert!(matches!(
+        engine.pause_schedule(&admin(), "no-such", true).await,
+        Err(ConsoleError::NotFound)
+    ));
+    engine
+        .pause_schedule(&admin(), "every-second", true)
+        .await
+        .expect("pauses");
+    let (stop, workers) = start_workers(&engine);
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let query = JobQuery {
+        owner: Some(schedules[0].owner()),
+        ..JobQuery::default()
+    };
+    let count = || async { engine.registry().console_count(&query).await.expect("count") };
+    assert_eq!(count().await, 0, "a paused schedule's ticks make no job");
+    let status = engine.schedule_status().await.expect("status");
+    assert!(status[0].paused_since.is_some());
+
+    let id = engine
+        .run_schedule_now(&admin(), "every-second")
+        .await
+        .expect("runs now");
+    let job = engine.registry().get(id).await.expect("read").expect("a job");
+    assert_eq!(job.owner, schedules[0].owner());
+    assert!(job.idempotency_key.as_deref().is_some_and(|key| key.starts_with("now:")));
+    assert_eq!(count().await, 1);
+
+    engine
+        .pause_schedule(&admin(), "every-second", false)
+        .await
+        .expect("resumes");
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    assert!(count().await >= 2, "ticks make jobs again once resumed");
+    let audit = engine.registry().audit_log(None, 10).await.expect("audit");
+    let actions: Vec<&str> = audit.iter().map(|(_, entry)| entry.action.as_str()).collect();
+    for action in ["pause-schedule", "run-schedule", "resume-schedule"] {
+        assert!(actions.contains(&action), "{actions:?}");
+    }
+    let _ = stop.send(());
+    let _ = workers.await;
 }

@@ -335,6 +335,7 @@ async fn schedules(State(engine): State<Engine>) -> Result<impl IntoResponse, Ap
                 "next_run": status.next_run.map(rfc3339),
                 "last_run": status.last_run.map(rfc3339),
                 "last_job": status.last_job.map(|id| id.to_string()),
+                "paused_since": status.paused_since.map(rfc3339),
             })
         })
         .collect();

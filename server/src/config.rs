@@ -5,10 +5,13 @@ use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// The version and the commit the binary was built from (`errand --version`).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ERRAND_COMMIT"), ")");
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "errand",
-    version,
+    version = VERSION,
     about = "Hand long work to background workers and watch it live."
 )]
 pub struct Config {

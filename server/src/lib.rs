@@ -90,7 +90,7 @@ impl Application {
                 .then_some(config.session_max_active),
             about: errand_engine::About {
                 role: config.role.as_str().to_owned(),
-                version: env!("CARGO_PKG_VERSION").to_owned(),
+                version: config::VERSION.to_owned(),
             },
             schedules,
             limits,

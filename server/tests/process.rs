@@ -180,6 +180,26 @@ async fn killed_worker_recovery(stores: SharedStores) {
     terminate(web).await;
 }
 
+#[test]
+fn the_version_names_the_commit_it_was_built_from() {
+    let output = Command::new(env!("CARGO_BIN_EXE_errand"))
+        .arg("--version")
+        .output()
+        .expect("errand runs");
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    let expected = format!("errand {} (", env!("CARGO_PKG_VERSION"));
+    let commit = text
+        .trim()
+        .strip_prefix(&expected)
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{text:?}"));
+    assert!(
+        commit == "unknown" || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{text:?}"
+    );
+}
+
 #[tokio::test]
 async fn the_web_and_worker_roles_refuse_to_run_on_sqlite() {
     let dir = tempfile::tempdir().expect("dir");

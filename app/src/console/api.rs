@@ -219,14 +219,42 @@ pub async fn console_bulks() -> Result<Vec<BulkView>, AppError> {
 /// Every kind with its queued and running jobs, and whether it is paused.
 #[server(prefix = "/fn", endpoint = "admin_kinds")]
 pub async fn console_kinds() -> Result<KindsPage, AppError> {
-    use super::server::{kind_rows, operator};
+    use super::server::{kind_rows, operator, schedule_row};
     use crate::server::{engine, internal};
 
-    let who = operator()?;
+    let (who, engine) = (operator()?, engine()?);
+    let schedules = engine.schedule_status().await.map_err(internal)?;
     Ok(KindsPage {
-        kinds: kind_rows(&engine()?).await.map_err(internal)?,
+        kinds: kind_rows(&engine).await.map_err(internal)?,
+        schedules: schedules.iter().map(schedule_row).collect(),
         can_act: who.role.may_act(),
     })
+}
+
+/// Runs a schedule's job now (`action` `run`; answers its id), or pauses or resumes it
+/// (`pause`, `resume`).
+#[server(prefix = "/fn", endpoint = "admin_schedule")]
+pub async fn console_schedule(name: String, action: String) -> Result<Option<String>, AppError> {
+    use super::server::{console_error, operator};
+    use crate::server::{engine, refused};
+    use axum::http::StatusCode;
+
+    let (engine, who) = (engine()?, operator()?);
+    match action.as_str() {
+        "run" => {
+            let id = engine.run_schedule_now(&who, &name).await;
+            id.map(|id| Some(id.to_string())).map_err(console_error)
+        }
+        "pause" | "resume" => {
+            let changed = engine.pause_schedule(&who, &name, action == "pause").await;
+            changed.map(|()| None).map_err(console_error)
+        }
+        _ => Err(refused(
+            StatusCode::BAD_REQUEST,
+            Some("action"),
+            "must be run, pause or resume".into(),
+        )),
+    }
 }
 
 /// Pauses (`pause` true) or resumes a kind.

@@ -112,6 +112,20 @@ fn time_bound(text: &str, upper: bool) -> Result<Option<i64>, &'static str> {
         .map_err(|_| "must be a date (2026-11-30) or a time (2026-11-30T12:00:00Z)")
 }
 
+/// A recurring job as the kinds page shows it.
+pub fn schedule_row(status: &errand_engine::schedules::ScheduleStatus) -> super::wire::ScheduleRow {
+    super::wire::ScheduleRow {
+        name: status.schedule.name.clone(),
+        cron: status.schedule.cron.clone(),
+        timezone: status.schedule.timezone.name().to_owned(),
+        kind: status.schedule.kind.clone(),
+        next_run: status.next_run.map(rfc3339),
+        last_run: status.last_run.map(rfc3339),
+        last_job: status.last_job.map(|id| id.to_string()),
+        paused_since: status.paused_since.map(rfc3339),
+    }
+}
+
 /// Every kind with its queued and running jobs and whether it is paused.
 pub async fn kind_rows(engine: &Engine) -> Result<Vec<KindRow>, EngineError> {
     let active = engine.registry().active_by_kind().await?;
@@ -133,6 +147,10 @@ pub async fn kind_rows(engine: &Engine) -> Result<Vec<KindRow>, EngineError> {
                     .iter()
                     .find(|(name, _)| name == kind)
                     .map(|(_, at)| rfc3339(*at)),
+                limit: engine
+                    .limits()
+                    .get(kind)
+                    .map(|limit| limit.describe(engine.kinds().key_name(kind))),
             }
         })
         .collect())

@@ -131,14 +131,33 @@ pub struct KindRow {
     pub running: u64,
     /// RFC 3339, when paused.
     pub paused_since: Option<String>,
+    /// Its concurrency and rate limits in words (`--limits`), if it has any.
+    pub limit: Option<String>,
 }
 
 /// The kinds page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KindsPage {
     pub kinds: Vec<KindRow>,
+    /// The recurring jobs (`--schedules`).
+    pub schedules: Vec<ScheduleRow>,
     /// The operator may act (the admin role).
     pub can_act: bool,
+}
+
+/// A recurring job on the kinds page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleRow {
+    pub name: String,
+    pub cron: String,
+    pub timezone: String,
+    pub kind: String,
+    /// RFC 3339.
+    pub next_run: Option<String>,
+    pub last_run: Option<String>,
+    pub last_job: Option<String>,
+    /// Since when an operator paused it.
+    pub paused_since: Option<String>,
 }
 
 /// A worker process on the workers page.

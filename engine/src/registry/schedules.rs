@@ -40,4 +40,29 @@ impl Registry {
         });
         Ok(())
     }
+
+    /// Pauses schedule `name` from `at` (unix ms); false if it was paused already.
+    pub async fn pause_schedule(&self, name: &str, at: i64) -> Result<bool, RegistryError> {
+        let sql = "INSERT INTO paused_schedules (name, paused_at) VALUES ($1, $2) \
+                   ON CONFLICT (name) DO NOTHING";
+        let changed = on_db!(self, pool => {
+            sqlx::query(sql).bind(name).bind(at).execute(pool).await?.rows_affected()
+        });
+        Ok(changed > 0)
+    }
+
+    /// Resumes schedule `name`; false if it was not paused.
+    pub async fn resume_schedule(&self, name: &str) -> Result<bool, RegistryError> {
+        let sql = "DELETE FROM paused_schedules WHERE name = $1";
+        let changed = on_db!(self, pool => {
+            sqlx::query(sql).bind(name).execute(pool).await?.rows_affected()
+        });
+        Ok(changed > 0)
+    }
+
+    /// The paused schedules, with when (unix ms).
+    pub async fn paused_schedules(&self) -> Result<Vec<(String, i64)>, RegistryError> {
+        let sql = "SELECT name, paused_at FROM paused_schedules ORDER BY name";
+        Ok(on_db!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?))
+    }
 }

@@ -433,13 +433,12 @@ impl Engine {
     /// key has free slots. A lost wake-up is repaired by the reconciler, which calls this for
     /// every key some job waits for.
     pub(crate) async fn wake_waiting(&self, key: &str) {
-        let Some(slots) = self
+        // A key whose limit is gone (the limits file changed across a restart) frees them all.
+        let slots = self
             .limits()
             .of_key(key)
             .and_then(|limit| limit.concurrency)
-        else {
-            return;
-        };
+            .unwrap_or(u32::MAX);
         let woken = match self.registry().wake_waiting(key, slots).await {
             Ok(woken) => woken,
             Err(err) => {

@@ -205,11 +205,10 @@ impl Engine {
             }
         }
         // Jobs waiting for a slot have no task: a slot freed whose wake-up was lost (its
-        // worker died, a push failed) is handed on here.
-        if !self.limits().is_empty() {
-            for key in self.registry().waiting_keys().await? {
-                self.wake_waiting(&key).await;
-            }
+        // worker died, a push failed) is handed on here, and every job of a key whose limit
+        // is gone (a partial index of waiting jobs, so this costs nothing when none wait).
+        for key in self.registry().waiting_keys().await? {
+            self.wake_waiting(&key).await;
         }
         for job in self.registry().running_on(self.node()).await? {
             if self.running().runs(job.id, job.delivery) {

@@ -76,6 +76,7 @@ conformance!(
     a_per_key_concurrency_limit_holds_across_processes_and_waiting_holds_no_worker,
     a_rate_limit_starts_a_keys_jobs_at_its_rate,
     a_paused_schedule_skips_its_ticks_and_an_operator_may_run_it_now,
+    a_job_waiting_for_a_slot_runs_after_a_restart_without_the_limit,
 );
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -1834,6 +1835,47 @@ async fn a_paused_schedule_skips_its_ticks_and_an_operator_may_run_it_now(backen
     for action in ["pause-schedule", "run-schedule", "resume-schedule"] {
         assert!(actions.contains(&action), "{actions:?}");
     }
+    let _ = stop.send(());
+    let _ = workers.await;
+}
+
+async fn a_job_waiting_for_a_slot_runs_after_a_restart_without_the_limit(backend: Backend) {
+    let store = Store::new(backend).await;
+    let limited = EngineConfig {
+        limits: errand_engine::gates::parse("[[limit]]\nkind = \"sleep\"\nconcurrency = 1\n")
+            .expect("limits"),
+        shutdown_grace: Duration::from_millis(500),
+        ..store.config()
+    };
+    let engine = Engine::open(limited).await.expect("opens");
+    let (stop, workers) = start_workers(&engine);
+    // The first holds the only slot past the shutdown's grace; the second waits for it.
+    let first = submit(&engine, "sleep", json!({ "ms": 60_000 }), SubmitOptions::default()).await;
+    wait_until(&engine, first, Duration::from_secs(5), |job| job.state == JobState::Running).await;
+    let second = submit(&engine, "sleep", json!({ "ms": 0 }), SubmitOptions::default()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let waiting = engine.waiting(&job(&engine, second).await).await.expect("waiting");
+        if matches!(
+            waiting.map(|w| w.reason),
+            Some(errand_engine::waiting::WaitReason::Slot { busy: 1, slots: 1 })
+        ) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the second job never waited for the slot");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = stop.send(());
+    let _ = workers.await;
+    drop(engine);
+
+    // Restarted without the limit: nothing will free a slot for the second job, and it has no
+    // task; the reconciler hands it one.
+    let engine = Engine::open(store.config()).await.expect("opens again");
+    let (stop, workers) = start_workers(&engine);
+    let done = wait_until(&engine, second, Duration::from_secs(20), |job| job.state.is_terminal()).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    engine.cancel(&owner(), first).await.expect("cancel");
     let _ = stop.send(());
     let _ = workers.await;
 }

@@ -24,6 +24,10 @@ pub enum Admission {
     Later { delivery: i64, at: i64 },
 }
 
+/// The most jobs one wake-up gives a task (a key whose limit was removed has all its waiting
+/// jobs woken, a page at a time).
+const WAKE_AT_MOST: i64 = 1_000;
+
 /// A job waiting for its rate slot whose task comes up to this early still starts (the queue
 /// hands tasks out a little early; the worker waits for the exact time first).
 const SLOT_EARLY_MS: i64 = 5;
@@ -173,7 +177,7 @@ impl Registry {
                     RETURNING id, delivery";
         let woken: Vec<(String, i64)> = with_key_locked!(self, key, tx => {
             let busy: i64 = sqlx::query_scalar(count).bind(key).fetch_one(&mut *tx).await?;
-            let free = i64::from(slots) - busy;
+            let free = (i64::from(slots) - busy).min(WAKE_AT_MOST);
             if free > 0 {
                 sqlx::query_as(wake)
                     .bind(key)

@@ -8,8 +8,8 @@
 //! each schedule ran is kept in the registry (`schedule_runs`), for the listing and for
 //! `missed = "run-once"`.
 
-use crate::model::{JobId, Owner, now_ms};
 use crate::console::{ConsoleError, Operator};
+use crate::model::{JobId, Owner, now_ms};
 use crate::{Engine, Params, SubmitOptions};
 use chrono::TimeZone;
 use chrono_tz::Tz;
@@ -210,7 +210,11 @@ impl Engine {
 
     /// Runs `name`'s job now, besides its ticks (the console's "run now"); its id. The job is
     /// the schedule's like any tick's, under the key `now:<unix ms>`.
-    pub async fn run_schedule_now(&self, who: &Operator, name: &str) -> Result<JobId, ConsoleError> {
+    pub async fn run_schedule_now(
+        &self,
+        who: &Operator,
+        name: &str,
+    ) -> Result<JobId, ConsoleError> {
         let schedule = self.operated_schedule(who, name)?;
         let options = SubmitOptions {
             idempotency_key: Some(format!("now:{}", now_ms())),
@@ -239,7 +243,11 @@ impl Engine {
             self.registry().resume_schedule(name).await?
         };
         if changed {
-            let action = if pause { "pause-schedule" } else { "resume-schedule" };
+            let action = if pause {
+                "pause-schedule"
+            } else {
+                "resume-schedule"
+            };
             self.record(who, action, name, 0).await;
         }
         Ok(())

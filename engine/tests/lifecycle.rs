@@ -1810,7 +1810,13 @@ async fn a_paused_schedule_skips_its_ticks_and_an_operator_may_run_it_now(backen
         owner: Some(schedules[0].owner()),
         ..JobQuery::default()
     };
-    let count = || async { engine.registry().console_count(&query).await.expect("count") };
+    let count = || async {
+        engine
+            .registry()
+            .console_count(&query)
+            .await
+            .expect("count")
+    };
     assert_eq!(count().await, 0, "a paused schedule's ticks make no job");
     let status = engine.schedule_status().await.expect("status");
     assert!(status[0].paused_since.is_some());
@@ -1819,9 +1825,18 @@ async fn a_paused_schedule_skips_its_ticks_and_an_operator_may_run_it_now(backen
         .run_schedule_now(&admin(), "every-second")
         .await
         .expect("runs now");
-    let job = engine.registry().get(id).await.expect("read").expect("a job");
+    let job = engine
+        .registry()
+        .get(id)
+        .await
+        .expect("read")
+        .expect("a job");
     assert_eq!(job.owner, schedules[0].owner());
-    assert!(job.idempotency_key.as_deref().is_some_and(|key| key.starts_with("now:")));
+    assert!(
+        job.idempotency_key
+            .as_deref()
+            .is_some_and(|key| key.starts_with("now:"))
+    );
     assert_eq!(count().await, 1);
 
     engine
@@ -1831,7 +1846,10 @@ async fn a_paused_schedule_skips_its_ticks_and_an_operator_may_run_it_now(backen
     tokio::time::sleep(Duration::from_millis(2_200)).await;
     assert!(count().await >= 2, "ticks make jobs again once resumed");
     let audit = engine.registry().audit_log(None, 10).await.expect("audit");
-    let actions: Vec<&str> = audit.iter().map(|(_, entry)| entry.action.as_str()).collect();
+    let actions: Vec<&str> = audit
+        .iter()
+        .map(|(_, entry)| entry.action.as_str())
+        .collect();
     for action in ["pause-schedule", "run-schedule", "resume-schedule"] {
         assert!(actions.contains(&action), "{actions:?}");
     }
@@ -1850,19 +1868,40 @@ async fn a_job_waiting_for_a_slot_runs_after_a_restart_without_the_limit(backend
     let engine = Engine::open(limited).await.expect("opens");
     let (stop, workers) = start_workers(&engine);
     // The first holds the only slot past the shutdown's grace; the second waits for it.
-    let first = submit(&engine, "sleep", json!({ "ms": 60_000 }), SubmitOptions::default()).await;
-    wait_until(&engine, first, Duration::from_secs(5), |job| job.state == JobState::Running).await;
-    let second = submit(&engine, "sleep", json!({ "ms": 0 }), SubmitOptions::default()).await;
+    let first = submit(
+        &engine,
+        "sleep",
+        json!({ "ms": 60_000 }),
+        SubmitOptions::default(),
+    )
+    .await;
+    wait_until(&engine, first, Duration::from_secs(5), |job| {
+        job.state == JobState::Running
+    })
+    .await;
+    let second = submit(
+        &engine,
+        "sleep",
+        json!({ "ms": 0 }),
+        SubmitOptions::default(),
+    )
+    .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let waiting = engine.waiting(&job(&engine, second).await).await.expect("waiting");
+        let waiting = engine
+            .waiting(&job(&engine, second).await)
+            .await
+            .expect("waiting");
         if matches!(
             waiting.map(|w| w.reason),
             Some(errand_engine::waiting::WaitReason::Slot { busy: 1, slots: 1 })
         ) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the second job never waited for the slot");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second job never waited for the slot"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let _ = stop.send(());
@@ -1873,7 +1912,10 @@ async fn a_job_waiting_for_a_slot_runs_after_a_restart_without_the_limit(backend
     // task; the reconciler hands it one.
     let engine = Engine::open(store.config()).await.expect("opens again");
     let (stop, workers) = start_workers(&engine);
-    let done = wait_until(&engine, second, Duration::from_secs(20), |job| job.state.is_terminal()).await;
+    let done = wait_until(&engine, second, Duration::from_secs(20), |job| {
+        job.state.is_terminal()
+    })
+    .await;
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
     engine.cancel(&owner(), first).await.expect("cancel");
     let _ = stop.send(());

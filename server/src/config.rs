@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// The version and the commit the binary was built from (`errand --version`).
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ERRAND_COMMIT"), ")");
+pub(crate) const VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (", env!("ERRAND_COMMIT"), ")");
 
 #[derive(Debug, Clone, Parser)]
 #[command(

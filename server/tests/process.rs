@@ -195,7 +195,8 @@ fn the_version_names_the_commit_it_was_built_from() {
         .and_then(|rest| rest.strip_suffix(')'))
         .unwrap_or_else(|| panic!("{text:?}"));
     assert!(
-        commit == "unknown" || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
         "{text:?}"
     );
 }

@@ -3,8 +3,8 @@
 
 use super::api::{ConsolePause, ConsoleSchedule, console_kinds};
 use super::wire::{KindsPage as Kinds, ScheduleRow};
-use crate::clock::time_of_day;
 use super::{failure, read_only_note, thousands};
+use crate::clock::time_of_day;
 use leptos::form::ActionForm;
 use leptos::prelude::*;
 
@@ -118,7 +118,7 @@ fn ScheduleTable(
                 <tbody>
                     {schedules.into_iter().map(|row| {
                         let paused = row.paused_since.is_some();
-                        let name = row.name.clone();
+                        let (run_name, toggle_name) = (row.name.clone(), row.name.clone());
                         view! {
                             <tr data-testid="schedule-row" data-schedule=row.name.clone()>
                                 <td>{row.name.clone()}</td>
@@ -142,12 +142,12 @@ fn ScheduleTable(
                                 <td>
                                     {can_act.then(|| view! {
                                         <ActionForm action attr:class="inline">
-                                            <input type="hidden" name="name" value=name.clone()/>
+                                            <input type="hidden" name="name" value=run_name/>
                                             <input type="hidden" name="action" value="run"/>
                                             <button type="submit" class="secondary" data-testid="schedule-run">"Run now"</button>
                                         </ActionForm>
                                         <ActionForm action attr:class="inline">
-                                            <input type="hidden" name="name" value=name.clone()/>
+                                            <input type="hidden" name="name" value=toggle_name/>
                                             <input type="hidden" name="action" value=if paused { "resume" } else { "pause" }/>
                                             <button type="submit" class="secondary" data-testid="schedule-toggle">
                                                 {if paused { "Resume" } else { "Pause" }}

@@ -8,6 +8,9 @@ CARGO_LEPTOS_VERSION="0.3.11"
 export PATH="$HOME/.cargo/bin:$ROOT/node_modules/.bin:$PATH"
 # One cargo target dir per machine, outside the clone, so a fresh clone (CI) reuses earlier builds.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/errand/target}"
+# Incremental compilation keeps ~20 GB of caches for this workspace's test binaries, which a
+# whole-suite run mostly rebuilds anyway; without it the target dir fits the machine's disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
 

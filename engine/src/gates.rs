@@ -237,8 +237,16 @@ impl Limits {
 
     /// The limit of a key written by [`Limits::rule`] (`kind` or `kind:key`).
     pub fn of_key(&self, key: &str) -> Option<&Limit> {
-        let kind = key.split_once(':').map_or(key, |(kind, _)| kind);
-        self.by_kind.get(kind)
+        self.by_kind.get(split_key(key).0)
+    }
+}
+
+/// A key written by [`Limits::rule`] as its kind and, under a per-key limit, the kind's key
+/// (`webhook:api.example.com` → `("webhook", Some("api.example.com"))`).
+pub fn split_key(key: &str) -> (&str, Option<&str>) {
+    match key.split_once(':') {
+        Some((kind, value)) => (kind, Some(value)),
+        None => (key, None),
     }
 }
 

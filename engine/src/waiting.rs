@@ -55,8 +55,8 @@ impl Engine {
         let key = facts
             .limit_key
             .as_deref()
-            .and_then(|key| key.split_once(':'))
-            .map(|(_, value)| value.to_owned());
+            .and_then(|key| crate::gates::split_key(key).1)
+            .map(str::to_owned);
         let waiting = |reason, until| Waiting {
             reason,
             key: key.clone(),

@@ -5,6 +5,7 @@
 use crate::Engine;
 use crate::EngineError;
 use crate::files::Files;
+use crate::gates::GateRule;
 use crate::kinds::JobError;
 use crate::limits;
 use crate::model::{Job, JobId, JobState, LogLine, Owner, now_ms};
@@ -205,18 +206,16 @@ pub(crate) async fn execute(engine: &Engine, task: QueuedJob) -> Result<(), Engi
         tracing::debug!("this delivery already runs here; skipping the copy");
         return Ok(());
     };
-    let job = match registry.start(id, task.delivery, engine.node()).await? {
-        Some(job) => job,
+    // Only a limited kind's job starts through the gate, and holds a slot of its key.
+    let (job, gate) = match registry.start(id, task.delivery, engine.node()).await? {
+        Some(job) => (job, None),
         None => match start_gated(engine, id, task.delivery).await? {
-            Some(job) => job,
+            Some((job, rule)) => (job, Some(rule)),
             None => return Ok(()),
         },
     };
     // A job that held a slot of its key hands it on when its attempt ends, however it ends.
-    let slot = engine
-        .limits()
-        .rule(engine.kinds(), &job.kind, &job.params)
-        .filter(|rule| rule.concurrency.is_some());
+    let slot = gate.filter(|rule| rule.concurrency.is_some());
     let attempt = run_attempt(engine, &task, job, cancel).await;
     if let Some(rule) = slot {
         engine.wake_waiting(&rule.key).await;
@@ -226,14 +225,15 @@ pub(crate) async fn execute(engine: &Engine, task: QueuedJob) -> Result<(), Engi
 
 /// Starts a delivery that [`Registry::start`] left alone because its kind has limits (see
 /// [`crate::gates`]): it starts now, waits for a slot of its key (holding no task), or is
-/// pushed again for its rate slot. `None` when it does not run now, or the delivery is stale.
+/// pushed again for its rate slot: the started job with the rule it started under, or `None`
+/// when it does not run now, or the delivery is stale.
 ///
 /// [`Registry::start`]: crate::registry::Registry::start
 async fn start_gated(
     engine: &Engine,
     id: JobId,
     delivery: i64,
-) -> Result<Option<Job>, EngineError> {
+) -> Result<Option<(Job, GateRule)>, EngineError> {
     let registry = engine.registry();
     if engine.limits().is_empty() {
         tracing::debug!("stale delivery, or the job is finished or gone; skipping");
@@ -252,7 +252,7 @@ async fn start_gated(
         .start_gated(id, delivery, engine.node(), &rule)
         .await?
     {
-        Admission::Started(job) => return Ok(Some(*job)),
+        Admission::Started(job) => return Ok(Some((*job, rule))),
         Admission::Skipped => return Ok(None),
         Admission::Full { busy } => {
             tracing::debug!(key = %rule.key, busy, "every slot is busy; the job waits for one");

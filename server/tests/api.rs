@@ -426,6 +426,14 @@ async fn schedules_are_listed_with_their_next_and_last_run() {
     app.stop().await;
 }
 
+/// The error that stops a server with `config` from starting (`file` is what it was given).
+async fn refused_start(config: errand_server::Config, file: &str) -> String {
+    match errand_server::Application::build(config).await {
+        Ok(_) => panic!("{file} was accepted"),
+        Err(err) => format!("{err:#}"),
+    }
+}
+
 #[tokio::test]
 async fn a_schedule_of_an_unknown_kind_or_bad_params_stops_the_start() {
     let dir = tempfile::tempdir().expect("dir");
@@ -447,10 +455,7 @@ async fn a_schedule_of_an_unknown_kind_or_bad_params_stops_the_start() {
         std::fs::write(&file, text).expect("write");
         let mut config = errand_server::Config::for_tests(dir.path().join("data"));
         config.schedules = Some(file);
-        let err = match errand_server::Application::build(config).await {
-            Ok(_) => panic!("{text} was accepted"),
-            Err(err) => format!("{err:#}"),
-        };
+        let err = refused_start(config, text).await;
         assert!(err.contains(says), "{text}: {err}");
     }
 }
@@ -562,10 +567,7 @@ async fn a_limits_file_with_an_unknown_kind_or_a_bad_value_stops_the_start() {
         std::fs::write(&file, text).expect("write");
         let mut config = errand_server::Config::for_tests(dir.path().join("data"));
         config.limits = Some(file);
-        let err = match errand_server::Application::build(config).await {
-            Ok(_) => panic!("{text} was accepted"),
-            Err(err) => format!("{err:#}"),
-        };
+        let err = refused_start(config, text).await;
         // Values are refused reading the file; kinds, opening the engine, which knows them.
         assert!(
             err.contains(says) && err.contains("limit for"),

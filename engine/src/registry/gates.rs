@@ -24,6 +24,10 @@ pub enum Admission {
     Later { delivery: i64, at: i64 },
 }
 
+/// How many jobs run under a limit key ($1).
+pub(super) const RUNNING_UNDER: &str =
+    "SELECT COUNT(*) FROM jobs WHERE limit_key = $1 AND state = 'running'";
+
 /// The most jobs one wake-up gives a task (a key whose limit was removed has all its waiting
 /// jobs woken, a page at a time).
 const WAKE_AT_MOST: i64 = 1_000;
@@ -80,7 +84,7 @@ impl Registry {
         let (id, key) = (id.to_string(), rule.key.as_str());
         let read = "SELECT delivery, rate_slot FROM jobs WHERE id = $1 AND state = 'queued' \
                     AND kind NOT IN (SELECT kind FROM paused_kinds)";
-        let count = "SELECT COUNT(*) FROM jobs WHERE limit_key = $1 AND state = 'running'";
+        let count = RUNNING_UNDER;
         let wait = "UPDATE jobs SET waiting = 'slot', limit_key = $1 WHERE id = $2 \
                     AND state = 'queued'";
         let read_tat = "SELECT tat FROM rate_limits WHERE key = $1";
@@ -170,7 +174,7 @@ impl Registry {
         key: &str,
         slots: u32,
     ) -> Result<Vec<(JobId, i64)>, RegistryError> {
-        let count = "SELECT COUNT(*) FROM jobs WHERE limit_key = $1 AND state = 'running'";
+        let count = RUNNING_UNDER;
         let wake = "UPDATE jobs SET waiting = NULL, delivery = delivery + 1, queued_at = $3 \
                     WHERE id IN (SELECT id FROM jobs WHERE limit_key = $1 AND waiting = 'slot' \
                     AND state = 'queued' ORDER BY queued_at, id LIMIT $2) \

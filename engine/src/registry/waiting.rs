@@ -46,7 +46,7 @@ impl Registry {
 
     /// How many of `key`'s jobs run now.
     pub async fn running_under(&self, key: &str) -> Result<u64, RegistryError> {
-        let sql = "SELECT COUNT(*) FROM jobs WHERE limit_key = $1 AND state = 'running'";
+        let sql = super::gates::RUNNING_UNDER;
         let count: i64 =
             on_db!(self, pool => sqlx::query_scalar(sql).bind(key).fetch_one(pool).await?);
         Ok(count.max(0) as u64)

@@ -153,6 +153,7 @@ pub fn job_view(job: &Job) -> JobView {
         finished_at: job.finished_at.map(rfc3339),
         run_at: job.run_at.map(rfc3339),
         retry_of: job.retry_of.map(|id| id.to_string()),
+        priority: job.priority,
         waiting: None,
         eta: eta(job, errand_engine::now_ms()).map(rfc3339),
     }

@@ -58,6 +58,9 @@ pub struct JobView {
     pub run_at: Option<String>,
     /// The job this one retries by hand.
     pub retry_of: Option<String>,
+    /// 1 to 9: when jobs wait for a worker, higher runs first.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
     /// While queued, in the answers about one job (its page, `GET /api/jobs/{id}`, its event
     /// stream): why it has not started and until when. `null` otherwise, and in lists.
     #[serde(default)]
@@ -152,6 +155,10 @@ pub fn seconds_left(job: &JobView, now: i64) -> Option<i64> {
         .map(|eta| crate::clock::seconds_until(eta, now))
 }
 
+fn default_priority() -> u8 {
+    5
+}
+
 #[cfg(test)]
 impl JobView {
     /// A `sleep` job in `state` with nothing else set, for tests.
@@ -172,6 +179,7 @@ impl JobView {
             finished_at: None,
             run_at: None,
             retry_of: None,
+            priority: default_priority(),
             waiting: None,
             eta: None,
         }

@@ -397,7 +397,7 @@ impl Engine {
             after = Some(last.id);
             resumed += jobs.len() as u64;
             for job in jobs {
-                if let Err(err) = self.queue().push(job.id, job.delivery, job.run_at).await {
+                if let Err(err) = self.queue().push(QueuedJob::of(&job)).await {
                     tracing::warn!(job_id = %job.id, %err, "could not push a resumed job; the reconciler will");
                 }
                 self.hub().job_changed(job);

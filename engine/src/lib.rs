@@ -27,7 +27,7 @@ pub use files::{Files, StoredUpload, UploadId, UploadMeta};
 pub use hub::{Hub, JobEvent, Shared, Subscription, Topic};
 pub use kinds::{
     FormFields, InvalidInput, JobError, JobKind, Kinds, MAX_DELAY_MS, RetryPolicy, SubmitContext,
-    form_delay,
+    form_delay, form_priority,
 };
 pub use lifecycle::CancelOutcome;
 pub use model::{Job, JobId, JobState, LogLine, Owner, now_ms};
@@ -71,6 +71,9 @@ pub struct EngineConfig {
     /// Concurrency and rate limits per kind or per key (`--limits`); none by default. Every
     /// process that runs workers should have the same.
     pub limits: gates::Limits,
+    /// How long a queued job waits before its priority rises a level (see [`queue::Aging`]).
+    /// Every process sharing a queue should have the same.
+    pub priority_aging: Duration,
 }
 
 impl EngineConfig {
@@ -90,6 +93,7 @@ impl EngineConfig {
             },
             schedules: Vec::new(),
             limits: gates::Limits::default(),
+            priority_aging: queue::DEFAULT_AGING_STEP,
         }
     }
 }
@@ -211,6 +215,8 @@ pub struct SubmitOptions {
     pub run_at: Option<i64>,
     /// The job this one retries.
     pub retry_of: Option<JobId>,
+    /// Higher runs first, within [`model::PRIORITIES`]; [`model::DEFAULT_PRIORITY`] if `None`.
+    pub priority: Option<i64>,
 }
 
 /// What a submission made.
@@ -328,6 +334,7 @@ impl Engine {
         if queue.is_shared() && registry.postgres().is_none() {
             return Err(EngineError::Unshared);
         }
+        queue.set_aging(config.priority_aging);
 
         let files = Files::open(config.data_dir.join("files"))?;
         // A schedule whose kind or parameters are wrong would fail at every tick: refuse it now.
@@ -446,10 +453,10 @@ impl Engine {
                 return;
             }
         };
-        for (id, delivery) in woken {
+        for task in woken {
             // A failed push leaves the job queued with no task, which the reconciler repairs.
-            if let Err(err) = self.queue().push(id, delivery, None).await {
-                tracing::warn!(job_id = %id, %err, "could not push a woken job");
+            if let Err(err) = self.queue().push(task).await {
+                tracing::warn!(job_id = %task.job_id, %err, "could not push a woken job");
             }
         }
     }
@@ -502,6 +509,13 @@ impl Engine {
         {
             return Err(InvalidInput::field("run_at", "must be within 30 days").into());
         }
+        let priority = match options.priority {
+            None => model::DEFAULT_PRIORITY,
+            Some(level) => u8::try_from(level)
+                .ok()
+                .filter(|level| model::PRIORITIES.contains(level))
+                .ok_or_else(|| InvalidInput::field("priority", kinds::PRIORITY_RANGE))?,
+        };
         if let Some(max) = self.inner.config.max_active_per_owner {
             let active = self
                 .registry()
@@ -516,6 +530,7 @@ impl Engine {
         job.idempotency_key = options.idempotency_key;
         job.run_at = options.run_at.filter(|at| *at > job.created_at);
         job.retry_of = options.retry_of;
+        job.priority = priority;
         job.stage = self.paused_stage(kind).await;
         tracing::Span::current().record("job_id", tracing::field::display(job.id));
         self.enqueue(job).await
@@ -547,7 +562,7 @@ impl Engine {
         if self.registry().writes_tasks() {
             // Its task was committed with it.
             self.queue().wake();
-        } else if let Err(err) = self.queue().push(job.id, job.delivery, job.run_at).await {
+        } else if let Err(err) = self.queue().push(QueuedJob::of(&job)).await {
             // Never leave a job that no worker will ever see.
             if let Err(cleanup) = self.registry().delete(job.id).await {
                 tracing::error!(%cleanup, "could not remove a job whose push failed");

@@ -46,6 +46,7 @@ impl Engine {
             self.kinds().policy(&original.kind).max_attempts,
         );
         job.retry_of = Some(original.id);
+        job.priority = original.priority;
         job.stage = self.paused_stage(&job.kind).await;
         Ok(Ok(self.enqueue(job).await?.id))
     }

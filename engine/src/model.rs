@@ -114,6 +114,19 @@ pub struct Job {
     /// The job this one retries by hand.
     pub retry_of: Option<JobId>,
     pub idempotency_key: Option<String>,
+    /// Higher first, [`PRIORITIES`]; see [`crate::queue`] for how waiting lifts it.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+}
+
+/// The priorities a job may have: higher runs first.
+pub const PRIORITIES: std::ops::RangeInclusive<u8> = 1..=9;
+
+/// A job's priority unless its submitter chose one: the middle of [`PRIORITIES`].
+pub const DEFAULT_PRIORITY: u8 = 5;
+
+fn default_priority() -> u8 {
+    DEFAULT_PRIORITY
 }
 
 impl Job {
@@ -143,6 +156,7 @@ impl Job {
             delivery: 1,
             retry_of: None,
             idempotency_key: None,
+            priority: DEFAULT_PRIORITY,
         }
     }
 }

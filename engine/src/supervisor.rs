@@ -151,6 +151,9 @@ impl Engine {
             if let Err(err) = self.reconcile(STRANDED_AFTER).await {
                 tracing::error!(%err, "could not reconcile the registry with the queue");
             }
+            if let Err(err) = self.queue().age().await {
+                tracing::error!(%err, "could not raise the priority of long-waiting tasks");
+            }
             if self.is_shared() {
                 let silent_for = Some(queue::ORPHANED_AFTER);
                 match self.recover_orphans(silent_for).await {
@@ -199,7 +202,7 @@ impl Engine {
             tracing::warn!(job_id = %job.id, "a queued job had no task; pushing it again");
             // Another process may have pushed it in the meantime (Postgres then refuses the
             // second copy; elsewhere the copy is skipped as a duplicate): log and go on.
-            match self.queue().push(job.id, job.delivery, job.run_at).await {
+            match self.queue().push(job.task()).await {
                 Ok(()) => repaired += 1,
                 Err(err) => tracing::warn!(job_id = %job.id, %err, "could not push it again"),
             }
@@ -290,7 +293,7 @@ impl Engine {
             .await?;
         if let Some(queued) = requeued {
             // Requeued but not pushed: the reconciler pushes it once it is overdue.
-            if let Err(err) = self.queue().push(id, queued.delivery, None).await {
+            if let Err(err) = self.queue().push(QueuedJob::of(&queued)).await {
                 tracing::warn!(job_id = %id, %err, "could not push a requeued job; the reconciler will");
             }
             self.hub().job_changed(queued);

@@ -89,7 +89,7 @@ impl Engine {
         }
         let ahead = self
             .registry()
-            .jobs_ahead(facts.queued_at, &id, now, AHEAD_COUNTED)
+            .jobs_ahead(job.priority, facts.queued_at, &id, now, AHEAD_COUNTED)
             .await?;
         let until = self
             .throughput()

@@ -257,11 +257,12 @@ async fn start_gated(
         Admission::Full { busy } => {
             tracing::debug!(key = %rule.key, busy, "every slot is busy; the job waits for one");
         }
-        Admission::Later { delivery, at } => {
-            tracing::debug!(key = %rule.key, at, "rate limited; the job waits for its slot");
+        Admission::Later(task) => {
+            let at = task.run_at;
+            tracing::debug!(key = %rule.key, ?at, "rate limited; the job waits for its slot");
             // A failed push leaves the job queued with no task; the reconciler pushes it once
             // it is due, and its start then keeps the slot it reserved.
-            if let Err(err) = engine.queue().push(id, delivery, Some(at)).await {
+            if let Err(err) = engine.queue().push(task).await {
                 tracing::warn!(%err, "could not push the job for its rate slot; the reconciler will");
             }
         }
@@ -344,7 +345,11 @@ async fn run_attempt(
             if let Some(queued) = requeued {
                 // A failed push leaves the job queued with no task; the reconciler pushes it
                 // again once it is due (see `Engine::reconcile`).
-                if let Err(err) = engine.queue().push(id, queued.delivery, Some(run_at)).await {
+                let task = QueuedJob {
+                    run_at: Some(run_at),
+                    ..QueuedJob::of(&queued)
+                };
+                if let Err(err) = engine.queue().push(task).await {
                     tracing::warn!(%err, "could not push the retry; the reconciler will");
                 }
                 engine.hub().job_changed(queued);

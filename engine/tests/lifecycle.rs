@@ -77,6 +77,9 @@ conformance!(
     a_rate_limit_starts_a_keys_jobs_at_its_rate,
     a_paused_schedule_skips_its_ticks_and_an_operator_may_run_it_now,
     a_job_waiting_for_a_slot_runs_after_a_restart_without_the_limit,
+    higher_priorities_run_first_and_equal_ones_in_order_of_their_time,
+    a_low_priority_job_still_runs_under_a_steady_stream_of_higher_ones,
+    a_priority_outside_1_to_9_is_refused_and_a_retry_keeps_its_priority,
 );
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -1920,4 +1923,177 @@ async fn a_job_waiting_for_a_slot_runs_after_a_restart_without_the_limit(backend
     engine.cancel(&owner(), first).await.expect("cancel");
     let _ = stop.send(());
     let _ = workers.await;
+}
+
+/// A submission at `priority`.
+fn at_priority(priority: i64) -> SubmitOptions {
+    SubmitOptions {
+        priority: Some(priority),
+        ..SubmitOptions::default()
+    }
+}
+
+async fn higher_priorities_run_first_and_equal_ones_in_order_of_their_time(backend: Backend) {
+    let store = Store::new(backend).await;
+    // One job at a time, so the start order is the order the queue hands them out.
+    let config = EngineConfig {
+        concurrency: 1,
+        ..store.config()
+    };
+    let engine = Engine::open_with_kinds(config, Kinds::builtin(&[]).with(Flaky))
+        .await
+        .expect("engine opens");
+    // Submitted before any worker runs, low and high alternating, with the default between.
+    let (mut high, mut low, mut normal) = (Vec::new(), Vec::new(), Vec::new());
+    for n in 0..80 {
+        let (priority, into) = if n % 2 == 0 {
+            (9, &mut high)
+        } else {
+            (1, &mut low)
+        };
+        into.push(submit(&engine, "flaky", json!({}), at_priority(priority)).await);
+        if n % 8 == 0 {
+            normal.push(submit(&engine, "flaky", json!({}), SubmitOptions::default()).await);
+        }
+    }
+    let (stop, workers) = start_workers(&engine);
+    let starts = |ids: Vec<errand_engine::JobId>| {
+        let engine = engine.clone();
+        async move {
+            let mut starts = Vec::new();
+            for id in ids {
+                let job = wait_until(&engine, id, Duration::from_secs(60), |job| {
+                    job.state.is_terminal()
+                })
+                .await;
+                assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+                starts.push(job.started_at.expect("started"));
+            }
+            starts
+        }
+    };
+    let (high_starts, normal_starts, low_starts) =
+        (starts(high).await, starts(normal).await, starts(low).await);
+    let span = |starts: &[i64]| {
+        (
+            *starts.iter().min().expect("jobs"),
+            *starts.iter().max().expect("jobs"),
+        )
+    };
+    let (high_span, normal_span, low_span) =
+        (span(&high_starts), span(&normal_starts), span(&low_starts));
+    assert!(
+        high_span.1 <= normal_span.0 && normal_span.1 <= low_span.0,
+        "every priority-9 job started before every priority-5 one, and those before every \
+         priority-1 one: {high_span:?} {normal_span:?} {low_span:?}"
+    );
+    // Equal priorities go by their time. (A fetch takes up to 10 tasks at once, and
+    // apalis-postgres keeps no order within one, so compare the first ten with the last.)
+    let early = span(&high_starts[..10]);
+    let late = span(&high_starts[30..]);
+    assert!(
+        early.1 <= late.0,
+        "the first ten priority-9 jobs submitted started before the last ten: {early:?} {late:?}"
+    );
+    let _ = stop.send(());
+    let _ = workers.await;
+}
+
+async fn a_low_priority_job_still_runs_under_a_steady_stream_of_higher_ones(backend: Backend) {
+    let store = Store::new(backend).await;
+    // One worker slot taking 100 ms a job (10 a second), and priority-9 jobs arriving at 20 a
+    // second: one always waits. A job waits 250 ms per level; at priority 1 it lacks 8.
+    let aging = Duration::from_millis(250);
+    let config = EngineConfig {
+        concurrency: 1,
+        priority_aging: aging,
+        ..store.config()
+    };
+    let engine = Engine::open_with_kinds(config, Kinds::builtin(&[]).with(Flaky))
+        .await
+        .expect("engine opens");
+    let (stop, workers) = start_workers(&engine);
+    let stream = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            let mut every = tokio::time::interval(Duration::from_millis(50));
+            for _ in 0..240 {
+                every.tick().await;
+                let id = submit(&engine, "flaky", json!({ "sleep_ms": 100 }), at_priority(9)).await;
+                sent.push((now_ms(), id));
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let low_at = now_ms();
+    let low = submit(&engine, "flaky", json!({ "sleep_ms": 100 }), at_priority(1)).await;
+    let low_job = wait_until(&engine, low, Duration::from_secs(30), |job| {
+        job.state.is_terminal()
+    })
+    .await;
+    assert_eq!(low_job.state, JobState::Succeeded);
+    let started = low_job.started_at.expect("started");
+    let sent = stream.await.expect("the stream ran");
+    // Raised to 9 after 8 waits of 250 ms, it counts as a priority-9 job submitted 2 s after
+    // it was; Postgres raises it on a heartbeat (every 5 s), so up to 5 s later. Were it
+    // starved, it would wait for all 240 (24 s): the jobs submitted 8 s after it would start
+    // first.
+    let bound = low_at + 8 * aging.as_millis() as i64 + 6_000;
+    for (at, id) in sent.iter().filter(|(at, _)| *at > bound) {
+        let later = job(&engine, *id).await;
+        assert!(
+            later.started_at.is_none_or(|start| start > started),
+            "a priority-9 job submitted at {at} started at {:?}, before the priority-1 job \
+             submitted at {low_at} ({started})",
+            later.started_at
+        );
+    }
+    assert!(
+        sent.iter().any(|(at, _)| *at > bound),
+        "the stream outlasted the bound"
+    );
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), workers).await;
+}
+
+async fn a_priority_outside_1_to_9_is_refused_and_a_retry_keeps_its_priority(backend: Backend) {
+    let app = running(backend).await;
+    for bad in [0, 10, -1, 300] {
+        let refused = app
+            .engine
+            .submit(&owner(), "flaky", Params::Json(json!({})), at_priority(bad))
+            .await
+            .expect_err("refused");
+        assert!(
+            refused.to_string().contains("priority"),
+            "{bad}: {refused}"
+        );
+    }
+    let id = submit(
+        &app.engine,
+        "flaky",
+        json!({ "fail_times": 9, "permanent": true }),
+        at_priority(7),
+    )
+    .await;
+    let failed = finished(&app.engine, id).await;
+    assert_eq!((failed.state, failed.priority), (JobState::Failed, 7));
+    let again = app
+        .engine
+        .retry(&owner(), id)
+        .await
+        .expect("retry")
+        .expect("the job exists")
+        .expect("a failed job retries");
+    assert_eq!(job(&app.engine, again).await.priority, 7);
+    assert_eq!(
+        job(&app.engine, submit(&app.engine, "flaky", json!({}), SubmitOptions::default()).await)
+            .await
+            .priority,
+        5,
+        "the default is the middle"
+    );
+    app.stop().await;
 }

@@ -170,6 +170,12 @@ async fn submit(
     };
     let params = object.remove("params").unwrap_or_else(|| json!({}));
     let run_at = start_time(object.remove("delay_ms"), object.remove("run_at"))?;
+    let priority = match object.remove("priority") {
+        None | Some(Value::Null) => None,
+        Some(level) => Some(level.as_i64().ok_or_else(|| {
+            ApiError::bad("must be a whole number from 1 to 9", Some("priority"))
+        })?),
+    };
     if let Some(unknown) = object.keys().next() {
         return Err(ApiError::bad(
             format!("unknown field {unknown:?}"),
@@ -179,6 +185,7 @@ async fn submit(
     let options = SubmitOptions {
         idempotency_key,
         run_at,
+        priority,
         retry_of: None,
     };
     let submitted = engine

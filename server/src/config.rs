@@ -146,6 +146,12 @@ pub struct Config {
     /// every worker process the same file. README has an example.
     #[arg(long, env = "ERRAND_LIMITS")]
     pub limits: Option<PathBuf>,
+
+    /// Seconds a queued job waits before its priority rises one level (so a steady stream of
+    /// higher-priority jobs cannot hold it back for ever); give every process the same.
+    #[arg(long, env = "ERRAND_PRIORITY_AGING", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub priority_aging: u64,
 }
 
 /// What one process of a deployment does.
@@ -210,6 +216,7 @@ impl Config {
             webhook_allow: vec![std::net::IpAddr::from([127, 0, 0, 1])],
             schedules: None,
             limits: None,
+            priority_aging: 60,
         }
     }
 }

@@ -94,6 +94,7 @@ impl Application {
             },
             schedules,
             limits,
+            priority_aging: Duration::from_secs(config.priority_aging),
         };
         // Installed before anything is measured.
         telemetry::recorder();

@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use errand_engine::{
     Engine, FormFields, Owner, Params, SubmitError, SubmitOptions, UploadId, UploadMeta,
-    form_delay, now_ms,
+    form_delay, form_priority, now_ms,
 };
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -286,8 +286,11 @@ async fn upload_form(
     if let Some(id) = upload {
         fields.insert("upload".into(), id.to_string());
     }
-    let run_at = match form_delay(fields.remove("delay_s").as_deref(), now_ms()) {
-        Ok(run_at) => run_at,
+    // The options every form offers beside the kind's fields.
+    let delay = form_delay(fields.remove("delay_s").as_deref(), now_ms());
+    let priority = form_priority(fields.remove("priority").as_deref());
+    let (run_at, priority) = match delay.and_then(|run_at| Ok((run_at, priority?))) {
+        Ok(options) => options,
         Err(invalid) => {
             discard(&engine, upload);
             let field = invalid.field.unwrap_or_default();
@@ -303,6 +306,7 @@ async fn upload_form(
     let options = SubmitOptions {
         idempotency_key: fields.remove("idempotency_key").filter(|k| !k.is_empty()),
         run_at,
+        priority,
         retry_of: None,
     };
     match engine

@@ -23,6 +23,7 @@ async fn a_submitted_job_answers_at_once_and_runs_to_success() {
 
     let queued = client.job(&id).await;
     assert_eq!(queued["kind"], "sleep");
+    assert_eq!(queued["priority"], 5, "the default priority is the middle");
     assert_eq!(queued["params"], json!({"ms": 300, "steps": 3}));
     assert!(["queued", "running"].contains(&queued["state"].as_str().unwrap_or_default()));
 
@@ -81,6 +82,10 @@ async fn bad_input_is_refused_with_a_clear_error_and_creates_nothing() {
         (json!({"kind": "teleport", "params": {}}), "kind"),
         (json!({"kind": 7}), "kind"),
         (json!({"params": {"ms": 1}}), "kind"),
+        (json!({"kind": "sleep", "params": {"ms": 1}, "priority": 0}), "priority"),
+        (json!({"kind": "sleep", "params": {"ms": 1}, "priority": 10}), "priority"),
+        (json!({"kind": "sleep", "params": {"ms": 1}, "priority": "high"}), "priority"),
+        (json!({"kind": "sleep", "params": {"ms": 1}, "priority": 2.5}), "priority"),
     ];
     for (body, field) in cases {
         let response = client.submit(body.clone()).await;
@@ -113,6 +118,15 @@ async fn bad_input_is_refused_with_a_clear_error_and_creates_nothing() {
 
     let (_, list) = client.get_json("/api/jobs").await;
     assert_eq!(list["jobs"], json!([]), "no job may exist after bad input");
+
+    // The same fields, right, make a job.
+    let response = client
+        .submit(json!({"kind": "sleep", "params": {"ms": 1}, "priority": 8}))
+        .await;
+    assert_eq!(response.status(), 202);
+    let made: Value = response.json().await.expect("json");
+    let job = client.job(made["id"].as_str().unwrap_or_default()).await;
+    assert_eq!(job["priority"], 8, "{job}");
     app.stop().await;
 }
 

@@ -12,21 +12,24 @@ pub const PAGE_SIZE: u32 = 50;
 /// Starts a job from the form and sends the browser to its page. Works as a plain form POST
 /// (the server answers with a redirect) and from the hydrated page (client-side navigation).
 /// The form carries an idempotency key rendered with it, so a double submit makes one job;
-/// `delay_s` (optional) schedules the job that many seconds ahead.
+/// `delay_s` (optional) schedules the job that many seconds ahead; `priority` (optional, 1 to
+/// 9) orders it among waiting jobs.
 #[server(prefix = "/fn", endpoint = "start_job")]
 pub async fn start_job(
     kind: String,
     fields: BTreeMap<String, String>,
     idempotency_key: Option<String>,
     delay_s: Option<String>,
+    priority: Option<String>,
 ) -> Result<String, AppError> {
     use crate::server::{engine, invalid, owner, submit_error};
-    use errand_engine::{Params, SubmitOptions, form_delay, now_ms};
+    use errand_engine::{Params, SubmitOptions, form_delay, form_priority, now_ms};
 
     let (engine, owner) = (engine()?, owner()?);
     let options = SubmitOptions {
         idempotency_key: idempotency_key.filter(|k| !k.is_empty()),
         run_at: form_delay(delay_s.as_deref(), now_ms()).map_err(invalid)?,
+        priority: form_priority(priority.as_deref()).map_err(invalid)?,
         retry_of: None,
     };
     let id = engine

@@ -126,6 +126,8 @@ fn JobFacts(job: RwSignal<JobView>) -> impl IntoView {
             <dd data-testid="job-attempts">
                 {move || format!("{} of {}", job.read().attempts, job.read().max_attempts)}
             </dd>
+            <dt>"Priority"</dt>
+            <dd data-testid="job-priority">{move || job.read().priority}</dd>
             <dt>"Created"</dt>
             <dd>{time(|j| Some(j.created_at.clone()))}</dd>
             <dt>"Started"</dt>

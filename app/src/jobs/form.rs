@@ -23,6 +23,25 @@ const DELAY: FieldSpec = FieldSpec {
     hint: "optional: schedule the job this many seconds from now",
 };
 
+/// The priority every form offers: higher runs first when jobs wait for a worker.
+const PRIORITY: FieldSpec = FieldSpec {
+    name: "priority",
+    label: "Priority",
+    input: Input::Select(&[
+        ("9", "9 (highest)"),
+        ("8", "8"),
+        ("7", "7"),
+        ("6", "6"),
+        ("5", "5 (normal)"),
+        ("4", "4"),
+        ("3", "3"),
+        ("2", "2"),
+        ("1", "1 (lowest)"),
+    ]),
+    default: "5",
+    hint: "when jobs wait for a worker, higher runs first",
+};
+
 /// A fresh key for one rendering of a form.
 fn new_idempotency_key() -> String {
     #[cfg(feature = "ssr")]
@@ -110,7 +129,7 @@ fn error_for(
             Some(name) => error.for_field(name),
             None => {
                 let mut known = spec.field_names();
-                known.push(DELAY.name);
+                known.extend([DELAY.name, PRIORITY.name]);
                 error.general(&known)
             }
         }
@@ -129,6 +148,7 @@ fn KindForm(spec: &'static KindSpec, start: ServerAction<StartJob>) -> impl Into
             <legend>{spec.label}</legend>
             {spec.fields.iter().map(|field| view! { <FormField spec field start/> }).collect_view()}
             <FormField spec field=&DELAY start/>
+            <FormField spec field=&PRIORITY start/>
         </fieldset>
         <Show when=move || general().is_some()>
             <p class="form-error" role="alert" data-testid="form-error">{general}</p>
@@ -160,7 +180,7 @@ fn FormField(
     // function, whose `fields` argument is a map.
     let name = match field.input {
         Input::File { .. } => "file".to_owned(),
-        _ if spec.uploads() || field == &DELAY => field.name.to_owned(),
+        _ if spec.uploads() || field == &DELAY || field == &PRIORITY => field.name.to_owned(),
         _ => format!("fields[{}]", field.name),
     };
     let invalid = move || message().is_some().to_string();

@@ -366,6 +366,21 @@ pub fn form_delay(text: Option<&str>, now_ms: i64) -> Result<Option<i64>, Invali
     Ok((seconds > 0).then_some(now_ms + seconds * 1000))
 }
 
+/// Reads an optional priority form value (see [`crate::model::PRIORITIES`]); the engine
+/// checks its range when the job is submitted.
+pub fn form_priority(text: Option<&str>) -> Result<Option<i64>, InvalidInput> {
+    let text = text.map(str::trim).unwrap_or_default();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| InvalidInput::field("priority", PRIORITY_RANGE))
+}
+
+/// What a priority must be, in the words every refusal uses.
+pub(crate) const PRIORITY_RANGE: &str = "must be a whole number from 1 to 9";
+
 /// Reads a whole number from a form field and checks its range.
 pub fn form_integer(
     fields: &FormFields,

@@ -8,13 +8,16 @@
 //! insert is committed, so the fetch it triggers sees the row), Postgres (LISTEN/NOTIFY) and Redis
 //! (pub/sub) announce pushes from other processes, and a short tick backs both up — it also starts scheduled
 //! jobs and retries, which nothing announces at their time.
+//!
+//! Each task carries its job's priority; every storage hands out due tasks by priority lifted
+//! by their wait ([`Aging`]), then by due time.
 
 use crate::db;
-use crate::model::JobId;
+use crate::model::{DEFAULT_PRIORITY, Job, JobId, PRIORITIES};
 use crate::registry::Overdue;
 use apalis::prelude::*;
 use apalis_core::backend::persistence::Persistence;
-use apalis_postgres::{PgPool, PostgresStorage, Pubsub};
+use apalis_postgres::{PgContext, PgPool, PostgresStorage, Pubsub};
 use futures::StreamExt;
 use redis_queue::{RedisQueue, RedisQueueError};
 use serde::{Deserialize, Serialize};
@@ -54,7 +57,7 @@ pub const ORPHANED_AFTER: Duration =
     Duration::from_secs(HEARTBEAT.as_secs() * MISSED_HEARTBEATS as u64);
 
 /// What travels through apalis: the id of a job in the registry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct QueuedJob {
     pub job_id: JobId,
     /// The job's delivery number when this task was pushed; see `Registry::start`.
@@ -63,10 +66,81 @@ pub struct QueuedJob {
     /// Not before this time (unix ms); the queue itself counts whole seconds.
     #[serde(default)]
     pub run_at: Option<i64>,
+    /// The job's priority (see [`Aging`]); tasks of earlier versions have the default.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+}
+
+impl QueuedJob {
+    /// The task for `job`'s current delivery.
+    pub(crate) fn of(job: &Job) -> Self {
+        Self {
+            job_id: job.id,
+            delivery: job.delivery,
+            run_at: job.run_at,
+            priority: job.priority,
+        }
+    }
 }
 
 fn first_delivery() -> i64 {
     1
+}
+
+fn default_priority() -> u8 {
+    DEFAULT_PRIORITY
+}
+
+/// The priority of a stored task, read from its arguments (the default when they do not say).
+pub(crate) fn priority_of(args: &[u8]) -> u8 {
+    #[derive(Deserialize)]
+    struct Priority {
+        #[serde(default = "default_priority")]
+        priority: u8,
+    }
+    serde_json::from_slice::<Priority>(args)
+        .map_or(DEFAULT_PRIORITY, |task| task.priority)
+        .clamp(*PRIORITIES.start(), *PRIORITIES.end())
+}
+
+/// How waiting lifts a task's priority, so that a steady stream of higher-priority jobs
+/// cannot hold a lower one back for ever: every `step` a due task has waited raises it one
+/// level, up to the highest, and from then on it waits in that level as if it had become due
+/// when it was raised. Every queue storage orders its due tasks the same way: by this lifted
+/// level, highest first, then by the (moved) due time, then by task id.
+#[derive(Debug, Clone)]
+pub struct Aging(Arc<std::sync::atomic::AtomicI64>);
+
+/// A lower-priority job waits at most this long per level it lacks, by default.
+pub const DEFAULT_AGING_STEP: Duration = Duration::from_secs(60);
+
+impl Default for Aging {
+    fn default() -> Self {
+        Self(Arc::new(std::sync::atomic::AtomicI64::new(
+            DEFAULT_AGING_STEP.as_millis() as i64,
+        )))
+    }
+}
+
+impl Aging {
+    /// The step in milliseconds (at least 1).
+    pub(crate) fn step_ms(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed).max(1)
+    }
+
+    fn set(&self, step: Duration) {
+        let ms = i64::try_from(step.as_millis()).unwrap_or(i64::MAX).max(1);
+        self.0.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A task of `priority` due at `due` (unix ms), at `now`: its lifted level and the due time
+    /// it counts in that level.
+    pub(crate) fn lifted(&self, priority: u8, due: i64, now: i64) -> (u8, i64) {
+        let step = self.step_ms();
+        let room = i64::from(PRIORITIES.end().saturating_sub(priority));
+        let levels = ((now - due).max(0) / step).min(room);
+        (priority + levels as u8, due + levels * step)
+    }
 }
 
 /// A failure of the queue's storage. Its text is for logs, never for a client.
@@ -89,6 +163,7 @@ pub enum QueueError {
 pub struct Queue {
     storage: Storage,
     wake: Arc<Notify>,
+    aging: Aging,
 }
 
 /// The apalis storage behind a queue.
@@ -123,12 +198,12 @@ impl Queue {
         } else if db::is_sqlite(url) {
             Self::open_sqlite(SqliteConnectOptions::from_str(url)?).await
         } else if url.starts_with("redis://") || url.starts_with("rediss://") {
-            let queue = RedisQueue::connect(url).await?;
-            Ok(Self::with(Storage::Redis(RedisStorage::new(
-                queue,
-                redis_queue::BATCH,
-                HEARTBEAT,
-            ))))
+            let aging = Aging::default();
+            let queue = RedisQueue::connect(url, aging.clone()).await?;
+            Ok(Self::with(
+                Storage::Redis(RedisStorage::new(queue, redis_queue::BATCH, HEARTBEAT)),
+                aging,
+            ))
         } else {
             Err(QueueError::Url(url.to_owned()))
         }
@@ -155,14 +230,14 @@ impl Queue {
     }
 
     async fn on_sqlite_pool(pool: SqlitePool) -> Result<Self, QueueError> {
-        let queue = SqliteQueue::open(pool).await?;
+        let aging = Aging::default();
+        let queue = SqliteQueue::open(pool, aging.clone()).await?;
         // One process owns the file: no other worker's heartbeat to watch.
         let heartbeat = Duration::from_secs(30);
-        Ok(Self::with(Storage::Sqlite(SqliteStorage::new(
-            queue,
-            sqlite_queue::BATCH,
-            heartbeat,
-        ))))
+        Ok(Self::with(
+            Storage::Sqlite(SqliteStorage::new(queue, sqlite_queue::BATCH, heartbeat)),
+            aging,
+        ))
     }
 
     async fn open_postgres(pool: PgPool) -> Result<Self, QueueError> {
@@ -175,16 +250,60 @@ impl Queue {
             .queue(QUEUE_NAME)
             .heartbeat_interval(HEARTBEAT)
             .missed_heartbeats(MISSED_HEARTBEATS as usize);
-        Ok(Self::with(Storage::Postgres(
-            PostgresStorage::new(&pool).with_config(config),
-        )))
+        // Tasks pushed before Errand had priorities have apalis's default, 0: give them the
+        // middle level, as the registry's migration gives their jobs.
+        sqlx::query(
+            "UPDATE apalis.jobs SET priority = $2 WHERE job_type = $1 AND priority = 0 \
+             AND status IN ('Pending', 'Failed')",
+        )
+        .bind(QUEUE_NAME)
+        .bind(i32::from(DEFAULT_PRIORITY))
+        .execute(&pool)
+        .await?;
+        Ok(Self::with(
+            Storage::Postgres(PostgresStorage::new(&pool).with_config(config)),
+            Aging::default(),
+        ))
     }
 
-    fn with(storage: Storage) -> Self {
+    fn with(storage: Storage, aging: Aging) -> Self {
         Self {
             storage,
             wake: Arc::new(Notify::new()),
+            aging,
         }
+    }
+
+    /// Sets how fast waiting lifts a task's priority (see [`Aging`]); 60 s a level unless set.
+    pub fn set_aging(&self, step: Duration) {
+        self.aging.set(step);
+    }
+
+    /// Applies [`Aging`] to the tasks apalis-postgres holds, whose fetch orders by the stored
+    /// priority: each due task that has waited a step or more is raised by the levels it has
+    /// earned, and its due time moved by as many steps, as Errand's own storages compute at
+    /// each fetch. Called on every heartbeat; a no-op elsewhere. Returns how many it raised.
+    pub(crate) async fn age(&self) -> Result<u64, QueueError> {
+        let Storage::Postgres(storage) = &self.storage else {
+            return Ok(0);
+        };
+        let step = self.aging.step_ms() as f64 / 1000.0;
+        let raised = sqlx::query(
+            "UPDATE apalis.jobs SET priority = priority + lift, \
+                 run_at = run_at + lift * make_interval(secs => $2) \
+             FROM (SELECT id AS lifted_id, LEAST($3 - priority, \
+                       floor(extract(epoch FROM now() - run_at) / $2)::int) AS lift \
+                   FROM apalis.jobs WHERE job_type = $1 AND status = 'Pending' \
+                   AND priority < $3 AND run_at <= now() - make_interval(secs => $2)) AS due \
+             WHERE id = lifted_id AND lift > 0 AND status = 'Pending'",
+        )
+        .bind(QUEUE_NAME)
+        .bind(step)
+        .bind(i32::from(*PRIORITIES.end()))
+        .execute(storage.pool())
+        .await?
+        .rows_affected();
+        Ok(raised)
     }
 
     /// The Redis queue, when the queue is on Redis (live events travel through it).
@@ -206,42 +325,39 @@ impl Queue {
         !matches!(self.storage, Storage::Sqlite(_))
     }
 
-    /// Puts a delivery of a job on the queue, not to be handed out before `run_at` (unix ms;
-    /// the queue counts whole seconds, so it may come up to a second early and the worker waits
-    /// the rest), and wakes the worker.
-    pub async fn push(
-        &self,
-        job_id: JobId,
-        delivery: i64,
-        run_at: Option<i64>,
-    ) -> Result<(), QueueError> {
-        let task_id = task_id(job_id, delivery);
-        let mut task = TaskBuilder::new(QueuedJob {
-            job_id,
-            delivery,
-            run_at,
-        })
-        .task_id(TaskId::from(task_id))
-        // Errand records a job's failures and retries itself; a handler only fails the task on a
-        // storage error, and apalis-postgres may then offer it again (a delivery that already
-        // ran is skipped). Errand's own storages offer such a task again after a second.
-        .max_attempts(5);
+    /// Puts a delivery of a job on the queue, not to be handed out before its `run_at` (unix
+    /// ms; the queue counts whole seconds, so it may come up to a second early and the worker
+    /// waits the rest), and wakes the worker.
+    pub async fn push(&self, job: QueuedJob) -> Result<(), QueueError> {
+        let task_id = task_id(job.job_id, job.delivery);
+        let run_at = job.run_at;
+        let mut task = TaskBuilder::new(job)
+            .task_id(TaskId::from(task_id))
+            // Errand records a job's failures and retries itself; a handler only fails the task
+            // on a storage error, and apalis-postgres may then offer it again (a delivery that
+            // already ran is skipped). Errand's own storages offer such a task again after a
+            // second.
+            .max_attempts(5);
         if let Some(run_at) = run_at {
             task = task.run_at_timestamp((run_at.max(0) / 1000) as u64);
         }
-        let task = task.build();
         match &self.storage {
-            Storage::Postgres(storage) => storage
-                .clone()
-                .push_task(task)
-                .await
-                .map_err(|e| QueueError::Storage(e.to_string()))?,
+            Storage::Postgres(storage) => {
+                let task = task
+                    .with_ctx(PgContext::new().with_priority(i32::from(job.priority)))
+                    .build();
+                storage
+                    .clone()
+                    .push_task(task)
+                    .await
+                    .map_err(|e| QueueError::Storage(e.to_string()))?
+            }
             Storage::Sqlite(storage) => {
-                let task = encode(task)?;
+                let task = encode(task.build())?;
                 storage.persistence().clone().push_tasks(vec![task]).await?;
             }
             Storage::Redis(storage) => {
-                let task = encode(task)?;
+                let task = encode(task.build())?;
                 storage.persistence().clone().push_tasks(vec![task]).await?;
             }
         }
@@ -375,19 +491,20 @@ pub(crate) fn task_id(job_id: JobId, delivery: i64) -> ulid::Ulid {
     ulid::Ulid::from_parts(job_id.timestamp_ms(), job_id.random() ^ mix)
 }
 
-/// A task with its arguments as JSON bytes, as Errand's own storages keep them.
 /// A delivery's row in the SQLite queue's table, exactly as [`Queue::push`] would store it:
 /// for the registry to write with the job, in one transaction.
-pub(crate) fn sqlite_row(job_id: JobId, delivery: i64, run_at: Option<i64>) -> sqlite_queue::Row {
-    let args = serde_json::to_vec(&QueuedJob {
-        job_id,
-        delivery,
-        run_at,
-    })
-    .unwrap_or_default();
+pub(crate) fn sqlite_row(job: &QueuedJob) -> sqlite_queue::Row {
+    let args = serde_json::to_vec(job).unwrap_or_default();
     // The queue counts whole seconds (see `Queue::push`).
-    let due = run_at.map_or_else(crate::model::now_ms, |ms| ms.max(0) / 1000 * 1000);
-    (task_id(job_id, delivery).to_string(), args, due)
+    let due = job
+        .run_at
+        .map_or_else(crate::model::now_ms, |ms| ms.max(0) / 1000 * 1000);
+    sqlite_queue::Row {
+        id: task_id(job.job_id, job.delivery).to_string(),
+        args,
+        due,
+        priority: job.priority,
+    }
 }
 
 fn encode(task: Task<QueuedJob>) -> Result<Task<Vec<u8>>, QueueError> {
@@ -411,5 +528,42 @@ mod tests {
         assert_eq!(ids.len(), 1_000, "no two deliveries share a task id");
         assert_eq!(task_id(job, 7), task_id(job, 7));
         assert_eq!(task_id(job, 7).timestamp_ms(), job.timestamp_ms());
+    }
+
+    #[test]
+    fn waiting_lifts_a_task_one_level_a_step_up_to_the_highest() {
+        let aging = Aging::default();
+        aging.set(Duration::from_secs(60));
+        let due = 1_000_000;
+        assert_eq!(aging.lifted(1, due, due), (1, due), "not lifted before a step");
+        assert_eq!(aging.lifted(1, due, due + 59_999), (1, due));
+        assert_eq!(aging.lifted(1, due, due + 60_000), (2, due + 60_000));
+        assert_eq!(aging.lifted(5, due, due + 150_000), (7, due + 120_000));
+        assert_eq!(
+            aging.lifted(1, due, due + 3_600_000),
+            (9, due + 8 * 60_000),
+            "no higher than 9, and its time moves only by the levels it gained"
+        );
+        assert_eq!(aging.lifted(9, due, due + 3_600_000), (9, due));
+        assert_eq!(aging.lifted(3, due, due - 5_000), (3, due), "not due yet");
+    }
+
+    #[test]
+    fn a_stored_task_says_its_priority_or_has_the_default() {
+        let job = crate::model::new_job_id();
+        let task = |priority| {
+            serde_json::to_vec(&QueuedJob {
+                job_id: job,
+                delivery: 1,
+                run_at: None,
+                priority,
+            })
+            .unwrap_or_default()
+        };
+        assert_eq!(priority_of(&task(8)), 8);
+        assert_eq!(priority_of(&task(200)), 9, "kept within 1 to 9");
+        let earlier = format!(r#"{{"job_id":"{job}","delivery":1,"run_at":null}}"#);
+        assert_eq!(priority_of(earlier.as_bytes()), DEFAULT_PRIORITY);
+        assert_eq!(priority_of(b"not json"), DEFAULT_PRIORITY);
     }
 }

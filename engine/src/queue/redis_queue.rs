@@ -9,8 +9,12 @@
 //!
 //! Keys, under a prefix (`errand` unless the URL says `?prefix=…`):
 //! - `{p}:tasks` — hash: task id → the task's arguments (JSON);
-//! - `{p}:ready` — list of task ids due now, oldest first;
-//! - `{p}:scheduled` — sorted set of task ids by due time (unix ms);
+//! - `{p}:level:{n}` — for each priority level n (1 to 9), a sorted set of its task ids by
+//!   due time (unix ms), due now or later;
+//! - `{p}:ready` — list of task ids handed back (a stopped worker's, a fetch given up) and of
+//!   pushes by versions before priorities: served before the levels, first in first out;
+//! - `{p}:scheduled` — sorted set of task ids offered again after a storage error, by due time
+//!   (unix ms); moved to `ready` when due;
 //! - `{p}:inflight:{worker}` — set of the task ids a worker fetched and has not finished;
 //! - `{p}:workers` — sorted set of worker names by last heartbeat (unix ms);
 //! - `{p}:wake` — pub/sub channel announcing pushes to idle workers of every process;
@@ -20,7 +24,8 @@
 //! A finished task's entry is deleted at once, so the queue holds only live work.
 
 use super::storage::{RETRY_AFTER_ERROR, completed, fetched};
-use crate::model::now_ms;
+use super::{Aging, priority_of};
+use crate::model::{PRIORITIES, now_ms};
 use apalis_core::backend::persistence::{Persistence, TaskEvent};
 use apalis_core::task::Task;
 use apalis_core::worker::context::WorkerContext;
@@ -38,25 +43,56 @@ pub(crate) const BATCH: usize = 10;
 /// How many due scheduled tasks one fetch moves to the ready list.
 const PROMOTE: usize = 1_000;
 
-/// Moves due scheduled ids to the ready list, then hands up to ARGV[2] ready ids to a worker.
-/// KEYS: ready, scheduled, inflight, tasks. ARGV: now (ms), batch, promote limit.
+/// Moves due scheduled ids to the ready list, then hands up to ARGV[2] ids to a worker: the
+/// ready list's first, then the best due tasks of the levels by [`Aging`] (each level's
+/// ARGV[2] oldest due tasks are the candidates, as in the SQLite queue).
+/// KEYS: ready, scheduled, inflight, tasks. ARGV: now (ms), batch, promote limit, aging step
+/// (ms), prefix of the level keys, highest level.
 /// Returns id, arguments, id, arguments, …
+///
+/// [`Aging`]: super::Aging
 const FETCH: &str = r"
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local now, batch, step, top = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4]), tonumber(ARGV[6])
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
 for _, id in ipairs(due) do
   redis.call('RPUSH', KEYS[1], id)
   redis.call('ZREM', KEYS[2], id)
 end
-local out = {}
-for _ = 1, tonumber(ARGV[2]) do
-  local id = redis.call('LPOP', KEYS[1])
-  if not id then break end
+local out, taken = {}, 0
+local function hand(id)
   local args = redis.call('HGET', KEYS[4], id)
   if args then
     redis.call('SADD', KEYS[3], id)
     table.insert(out, id)
     table.insert(out, args)
+    taken = taken + 1
   end
+end
+while taken < batch do
+  local id = redis.call('LPOP', KEYS[1])
+  if not id then break end
+  hand(id)
+end
+if taken >= batch then return out end
+local candidates = {}
+for level = 1, top do
+  local key = ARGV[5] .. level
+  local ids = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, batch)
+  for i = 1, #ids, 2 do
+    local at = tonumber(ids[i + 1])
+    local lift = math.min(top - level, math.floor((now - at) / step))
+    table.insert(candidates, {ids[i], level + lift, at + lift * step, key})
+  end
+end
+table.sort(candidates, function(a, b)
+  if a[2] ~= b[2] then return a[2] > b[2] end
+  if a[3] ~= b[3] then return a[3] < b[3] end
+  return a[1] < b[1]
+end)
+for _, c in ipairs(candidates) do
+  if taken >= batch then break end
+  redis.call('ZREM', c[4], c[1])
+  hand(c[1])
 end
 return out
 ";
@@ -95,6 +131,7 @@ struct Keys {
     tasks: String,
     ready: String,
     scheduled: String,
+    level_prefix: String,
     workers: String,
     wake: String,
     events: String,
@@ -107,6 +144,7 @@ impl Keys {
             tasks: format!("{prefix}:tasks"),
             ready: format!("{prefix}:ready"),
             scheduled: format!("{prefix}:scheduled"),
+            level_prefix: format!("{prefix}:level:"),
             workers: format!("{prefix}:workers"),
             wake: format!("{prefix}:wake"),
             events: format!("{prefix}:events"),
@@ -117,6 +155,10 @@ impl Keys {
     fn inflight(&self, worker: &str) -> String {
         format!("{}{worker}", self.inflight_prefix)
     }
+
+    fn level(&self, priority: u8) -> String {
+        format!("{}{priority}", self.level_prefix)
+    }
 }
 
 /// The queue's connection and keys: what apalis drives through [`Persistence`].
@@ -125,6 +167,7 @@ pub(crate) struct RedisQueue {
     client: redis::Client,
     conn: ConnectionManager,
     keys: Arc<Keys>,
+    aging: Aging,
     fetch: Arc<Script>,
     recover: Arc<Script>,
 }
@@ -139,7 +182,7 @@ impl std::fmt::Debug for RedisQueue {
 
 impl RedisQueue {
     /// Connects to `url` (`redis://…`, optionally with `?prefix=name` for the keys).
-    pub(crate) async fn connect(url: &str) -> Result<Self, RedisQueueError> {
+    pub(crate) async fn connect(url: &str, aging: Aging) -> Result<Self, RedisQueueError> {
         let (url, prefix) = split_prefix(url);
         let client = redis::Client::open(url.as_str())?;
         let conn = ConnectionManager::new(client.clone()).await?;
@@ -147,6 +190,7 @@ impl RedisQueue {
             client,
             conn,
             keys: Arc::new(Keys::new(&prefix)),
+            aging,
             fetch: Arc::new(Script::new(FETCH)),
             recover: Arc::new(Script::new(RECOVER)),
         })
@@ -285,6 +329,9 @@ impl Persistence for RedisQueue {
             .arg(now_ms())
             .arg(BATCH)
             .arg(PROMOTE)
+            .arg(self.aging.step_ms())
+            .arg(&self.keys.level_prefix)
+            .arg(PRIORITIES.end())
             .invoke_async(&mut self.conn)
             .await?;
         flat.chunks_exact(2)
@@ -347,12 +394,9 @@ impl Persistence for RedisQueue {
                 .map_or_else(|| ulid::Ulid::generate().to_string(), ToString::to_string);
             pipe.hset(&self.keys.tasks, &id, task.args.as_slice())
                 .ignore();
-            let due = task.run_at().map_or(0, |secs| secs as i64 * 1000);
-            if due > now {
-                pipe.zadd(&self.keys.scheduled, &id, due).ignore();
-            } else {
-                pipe.rpush(&self.keys.ready, &id).ignore();
-            }
+            let due = task.run_at().map_or(now, |secs| secs as i64 * 1000);
+            pipe.zadd(self.keys.level(priority_of(&task.args)), &id, due)
+                .ignore();
         }
         pipe.publish(&self.keys.wake, 1).ignore();
         let () = pipe.query_async(&mut self.conn).await?;

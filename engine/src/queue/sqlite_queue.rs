@@ -4,8 +4,8 @@
 //! apalis-sqlite 1.0 keeps every finished task and its acknowledge and lock statements scan
 //! that history, so it drains a few hundred jobs a second and slows as history grows. Here a
 //! task lives only while it waits or runs (the registry keeps the history), waiting tasks sit in
-//! a partial index, a fetch claims a whole batch in one statement, and acknowledgements of a batch
-//! delete in one statement. Pushes from concurrent requests are committed together (group
+//! a partial index by priority and due time, a fetch claims a whole batch in one statement (see
+//! [`fetch_sql`]), and acknowledgements of a batch delete in one statement. Pushes from concurrent requests are committed together (group
 //! commit): one transaction and one multi-row `INSERT` for everything that arrived meanwhile.
 //!
 //! One process owns the file: at start a worker takes back whatever a previous process had
@@ -16,19 +16,20 @@
 //! `Registry::open_with_queue`), so no crash can leave one without the other.
 
 use super::storage::{RETRY_AFTER_ERROR, completed, fetched};
-use crate::model::now_ms;
+use super::{Aging, priority_of};
+use crate::model::{PRIORITIES, now_ms};
 use apalis_core::backend::persistence::{Persistence, TaskEvent};
 use apalis_core::task::Task;
 use apalis_core::worker::context::WorkerContext;
 use serde_json::Value;
-use sqlx::SqlitePool;
+use sqlx::{AssertSqlSafe, SqlitePool};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// How many tasks one fetch claims.
 pub(crate) const BATCH: usize = 32;
 
-/// The most rows one `INSERT` carries (SQLite allows 32,766 parameters; a row takes three).
+/// The most rows one `INSERT` carries (SQLite allows 32,766 parameters; a row takes four).
 const PUSH_ROWS: usize = 1_000;
 
 /// How many pushes may wait for the group commit; when full, pushers wait for room
@@ -52,13 +53,23 @@ struct Pending {
     done: oneshot::Sender<Result<(), String>>,
 }
 
-/// A task as stored: id, arguments, due time (unix ms).
-pub(crate) type Row = (String, Vec<u8>, i64);
+/// A task as stored.
+pub(crate) struct Row {
+    pub(crate) id: String,
+    /// The task's arguments (JSON).
+    pub(crate) args: Vec<u8>,
+    /// Unix ms.
+    pub(crate) due: i64,
+    pub(crate) priority: u8,
+}
 
 /// The queue's pool and its group-commit writer.
 #[derive(Clone)]
 pub(crate) struct SqliteQueue {
     pool: SqlitePool,
+    aging: Aging,
+    /// The fetch statement: one bounded seek per priority level (see [`fetch_sql`]).
+    fetch: Arc<str>,
     writer: mpsc::Sender<Pending>,
     /// Keeps the writer running while any handle lives.
     _writer: Arc<tokio::task::JoinHandle<()>>,
@@ -72,7 +83,8 @@ impl std::fmt::Debug for SqliteQueue {
 
 impl SqliteQueue {
     /// Creates the queue's table in `pool`'s database if needed and starts its writer.
-    pub(crate) async fn open(pool: SqlitePool) -> Result<Self, SqliteQueueError> {
+    pub(crate) async fn open(pool: SqlitePool, aging: Aging) -> Result<Self, SqliteQueueError> {
+        let mut tx = crate::db::write_transaction(&pool).await?;
         sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS errand_tasks (
                  id     TEXT PRIMARY KEY NOT NULL,  -- ULID
@@ -80,17 +92,39 @@ impl SqliteQueue {
                  run_at INTEGER NOT NULL,           -- due time, unix ms
                  worker TEXT                        -- who fetched it; NULL while it waits
              );
-             CREATE INDEX IF NOT EXISTS errand_tasks_waiting
-                 ON errand_tasks (run_at, id) WHERE worker IS NULL;
              CREATE INDEX IF NOT EXISTS errand_tasks_fetched
                  ON errand_tasks (worker) WHERE worker IS NOT NULL;",
         )
-        .execute(&pool)
+        .execute(&mut *tx)
         .await?;
+        // Tables of versions before priorities: their tasks get the middle level, and the
+        // waiting tasks' index gains the level.
+        let has_priority: bool = sqlx::query_scalar(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('errand_tasks') WHERE name = 'priority'",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if !has_priority {
+            sqlx::raw_sql(
+                "ALTER TABLE errand_tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 5;
+                 DROP INDEX IF EXISTS errand_tasks_waiting;",
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::raw_sql(
+            "CREATE INDEX IF NOT EXISTS errand_tasks_ready
+                 ON errand_tasks (priority, run_at, id) WHERE worker IS NULL;",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         let (writer, pending) = mpsc::channel(PUSHES_WAITING);
         let task = tokio::spawn(write(pool.clone(), pending));
         Ok(Self {
             pool,
+            aging,
+            fetch: fetch_sql().into(),
             writer,
             _writer: Arc::new(task),
         })
@@ -118,6 +152,32 @@ impl SqliteQueue {
     }
 }
 
+/// The fetch: claims the `BATCH` best due tasks by [`Aging`] in one statement. Its candidates
+/// are each priority level's `BATCH` oldest due tasks (a bounded seek in `errand_tasks_ready`
+/// each; one `ORDER BY priority` over the table would walk past every task due later); the
+/// oldest of a level are also its most lifted, so the best of all are among them.
+/// Parameters: worker, now (unix ms), batch, aging step (ms).
+fn fetch_sql() -> String {
+    let levels: Vec<String> = PRIORITIES
+        .map(|level| {
+            format!(
+                "SELECT * FROM (SELECT id, priority, run_at FROM errand_tasks \
+                 WHERE worker IS NULL AND priority = {level} AND run_at <= $2 \
+                 ORDER BY run_at, id LIMIT $3)"
+            )
+        })
+        .collect();
+    format!(
+        "UPDATE errand_tasks SET worker = $1 WHERE id IN ( \
+             SELECT id FROM (SELECT id, run_at, \
+                 MIN({top} - priority, ($2 - run_at) / $4) AS lift, priority FROM ({candidates})) \
+             ORDER BY priority + lift DESC, run_at + lift * $4, id LIMIT $3) \
+         RETURNING id, args, priority, run_at",
+        top = PRIORITIES.end(),
+        candidates = levels.join(" UNION ALL "),
+    )
+}
+
 /// The group-commit writer: takes every push that is waiting, writes them in one transaction,
 /// and tells each pusher the outcome.
 async fn write(pool: SqlitePool, mut pending: mpsc::Receiver<Pending>) {
@@ -143,9 +203,13 @@ pub(crate) async fn insert_in(
     rows: &[&Row],
 ) -> Result<(), sqlx::Error> {
     for chunk in rows.chunks(PUSH_ROWS) {
-        let mut insert = sqlx::QueryBuilder::new("INSERT INTO errand_tasks (id, args, run_at) ");
-        insert.push_values(chunk, |mut row, (id, args, run_at)| {
-            row.push_bind(id).push_bind(args).push_bind(run_at);
+        let mut insert =
+            sqlx::QueryBuilder::new("INSERT INTO errand_tasks (id, args, run_at, priority) ");
+        insert.push_values(chunk, |mut row, task| {
+            row.push_bind(&task.id)
+                .push_bind(&task.args)
+                .push_bind(task.due)
+                .push_bind(i64::from(task.priority));
         });
         insert.push(" ON CONFLICT (id) DO NOTHING");
         insert.build().execute(&mut *connection).await?;
@@ -169,8 +233,8 @@ pub(crate) async fn adopt_file(
         .await?;
     // A task another process had fetched waits again, as at any start.
     let moved = sqlx::query(
-        "INSERT OR IGNORE INTO main.errand_tasks (id, args, run_at) \
-         SELECT id, args, run_at FROM earlier.errand_tasks",
+        "INSERT OR IGNORE INTO main.errand_tasks (id, args, run_at, priority) \
+         SELECT id, args, run_at, 5 FROM earlier.errand_tasks",
     )
     .execute(&mut *connection)
     .await;
@@ -215,19 +279,22 @@ impl Persistence for SqliteQueue {
         &mut self,
         worker: &WorkerContext,
     ) -> Result<Vec<Task<Vec<u8>>>, Self::Error> {
-        let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
-            "UPDATE errand_tasks SET worker = $1 WHERE id IN (
-                 SELECT id FROM errand_tasks WHERE worker IS NULL AND run_at <= $2
-                 ORDER BY run_at, id LIMIT $3)
-             RETURNING id, args",
-        )
-        .bind(worker.name())
-        .bind(now_ms())
-        .bind(BATCH as i64)
-        .fetch_all(&self.pool)
-        .await?;
+        let now = now_ms();
+        let mut rows: Vec<(String, Vec<u8>, i64, i64)> =
+            sqlx::query_as(AssertSqlSafe(&*self.fetch))
+                .bind(worker.name())
+                .bind(now)
+                .bind(BATCH as i64)
+                .bind(self.aging.step_ms())
+                .fetch_all(&self.pool)
+                .await?;
+        // `RETURNING` keeps no order: the worker starts the most urgent first.
+        rows.sort_by_cached_key(|(id, _, priority, due)| {
+            let (level, due) = self.aging.lifted(*priority as u8, *due, now);
+            (std::cmp::Reverse(level), due, id.clone())
+        });
         rows.into_iter()
-            .map(|(id, args)| fetched(&id, args).map_err(SqliteQueueError::TaskId))
+            .map(|(id, args, ..)| fetched(&id, args).map_err(SqliteQueueError::TaskId))
             .collect()
     }
 
@@ -281,12 +348,13 @@ impl Persistence for SqliteQueue {
         let now = now_ms();
         let rows = tasks
             .into_iter()
-            .map(|task| {
-                let id = task
+            .map(|task| Row {
+                id: task
                     .task_id()
-                    .map_or_else(|| ulid::Ulid::generate().to_string(), ToString::to_string);
-                let due = task.run_at().map_or(now, |secs| secs as i64 * 1000);
-                (id, task.args, due)
+                    .map_or_else(|| ulid::Ulid::generate().to_string(), ToString::to_string),
+                due: task.run_at().map_or(now, |secs| secs as i64 * 1000),
+                priority: priority_of(&task.args),
+                args: task.args,
             })
             .collect();
         let (done, committed) = oneshot::channel();

@@ -6,6 +6,7 @@ use super::{Db, Registry, RegistryError, job_from_row};
 use crate::db;
 use crate::gates::GateRule;
 use crate::model::{Job, JobId, now_ms};
+use crate::queue::QueuedJob;
 use std::str::FromStr;
 
 /// What [`Registry::start_gated`] did with a delivery.
@@ -19,9 +20,9 @@ pub enum Admission {
     /// Every slot of the key is busy (`busy` jobs run): the job waits, without a task, until
     /// [`Registry::wake_waiting`] gives it one.
     Full { busy: u32 },
-    /// The job took the key's next rate slot, at `at` (unix ms): it has a new `delivery`, due
-    /// then, for the caller to push.
-    Later { delivery: i64, at: i64 },
+    /// The job took the key's next rate slot: the task of its new delivery, due then (its
+    /// `run_at`, unix ms), for the caller to push.
+    Later(QueuedJob),
 }
 
 /// How many jobs run under a limit key ($1).
@@ -81,7 +82,7 @@ impl Registry {
         worker: &str,
         rule: &GateRule,
     ) -> Result<Admission, RegistryError> {
-        let (id, key) = (id.to_string(), rule.key.as_str());
+        let (job_id, id, key) = (id, id.to_string(), rule.key.as_str());
         let read = "SELECT delivery, rate_slot FROM jobs WHERE id = $1 AND state = 'queued' \
                     AND kind NOT IN (SELECT kind FROM paused_kinds)";
         let count = RUNNING_UNDER;
@@ -92,7 +93,7 @@ impl Registry {
                          ON CONFLICT (key) DO UPDATE SET tat = excluded.tat";
         let later = "UPDATE jobs SET waiting = 'rate', limit_key = $1, rate_slot = $2, \
                      run_at = $2, delivery = delivery + 1 WHERE id = $3 AND state = 'queued' \
-                     RETURNING delivery";
+                     RETURNING delivery, priority";
         let start = concat!(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = $1, \
              progress = NULL, stage = NULL, run_at = NULL, worker = $2, limit_key = $3, \
@@ -137,14 +138,19 @@ impl Registry {
                     }
                 };
                 if let Some(at) = slot {
-                    let delivery: Option<i64> = sqlx::query_scalar(later)
+                    let delivery: Option<(i64, i64)> = sqlx::query_as(later)
                         .bind(key)
                         .bind(at)
                         .bind(&id)
                         .fetch_optional(&mut *tx)
                         .await?;
                     break 'gate match delivery {
-                        Some(delivery) => Admission::Later { delivery, at },
+                        Some((delivery, priority)) => Admission::Later(QueuedJob {
+                            job_id,
+                            delivery,
+                            run_at: Some(at),
+                            priority: super::priority_from(priority),
+                        }),
                         None => Admission::Skipped,
                     };
                 }
@@ -173,13 +179,13 @@ impl Registry {
         &self,
         key: &str,
         slots: u32,
-    ) -> Result<Vec<(JobId, i64)>, RegistryError> {
+    ) -> Result<Vec<QueuedJob>, RegistryError> {
         let count = RUNNING_UNDER;
         let wake = "UPDATE jobs SET waiting = NULL, delivery = delivery + 1, queued_at = $3 \
                     WHERE id IN (SELECT id FROM jobs WHERE limit_key = $1 AND waiting = 'slot' \
                     AND state = 'queued' ORDER BY queued_at, id LIMIT $2) \
-                    RETURNING id, delivery";
-        let woken: Vec<(String, i64)> = with_key_locked!(self, key, tx => {
+                    RETURNING id, delivery, priority";
+        let woken: Vec<(String, i64, i64)> = with_key_locked!(self, key, tx => {
             let busy: i64 = sqlx::query_scalar(count).bind(key).fetch_one(&mut *tx).await?;
             let free = (i64::from(slots) - busy).min(WAKE_AT_MOST);
             if free > 0 {
@@ -195,9 +201,14 @@ impl Registry {
         });
         woken
             .into_iter()
-            .map(|(id, delivery)| {
+            .map(|(id, delivery, priority)| {
                 let id = JobId::from_str(&id).map_err(|_| RegistryError::Corrupt(id))?;
-                Ok((id, delivery))
+                Ok(QueuedJob {
+                    job_id: id,
+                    delivery,
+                    run_at: None,
+                    priority: super::priority_from(priority),
+                })
             })
             .collect()
     }

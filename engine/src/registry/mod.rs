@@ -7,6 +7,7 @@
 
 use crate::db;
 use crate::model::{Job, JobId, JobState, Owner, now_ms};
+use crate::queue::QueuedJob;
 use serde_json::Value;
 // The batched statements are built at run time, but only from placeholders (`$n`), never data.
 use sqlx::postgres::PgPool;
@@ -66,6 +67,19 @@ pub struct Overdue {
     pub run_at: Option<i64>,
     /// When it entered the queue (unix ms).
     pub queued_at: i64,
+    pub priority: u8,
+}
+
+impl Overdue {
+    /// The task that carries its current delivery.
+    pub(crate) fn task(&self) -> QueuedJob {
+        QueuedJob {
+            job_id: self.id,
+            delivery: self.delivery,
+            run_at: self.run_at,
+            priority: self.priority,
+        }
+    }
 }
 
 /// How a job ended, as recorded by [`Registry::finish`].
@@ -209,7 +223,8 @@ macro_rules! on_db {
 macro_rules! job_columns {
     () => {
         "id, owner, kind, params, state, progress, stage, result, error, attempts, created_at, \
-         started_at, finished_at, max_attempts, run_at, delivery, retry_of, idempotency_key"
+         started_at, finished_at, max_attempts, run_at, delivery, retry_of, idempotency_key, \
+         priority"
     };
 }
 
@@ -227,7 +242,7 @@ pub use console::{
     AttemptInfo, AuditEntry, FinishedCount, JobQuery, StateCounts, Timing, WorkerInfo,
 };
 pub use gates::Admission;
-use rows::job_from_row;
+use rows::{job_from_row, priority_from};
 pub use waiting::WaitFacts;
 
 impl Registry {
@@ -460,7 +475,7 @@ impl Registry {
             Db::Postgres(_) => "",
         };
         let sql = format!(
-            "SELECT id, delivery, run_at, queued_at FROM jobs{hint} WHERE state = 'queued' \
+            "SELECT id, delivery, run_at, queued_at, priority FROM jobs{hint} WHERE state = 'queued' \
              AND queued_at < $1 AND (run_at IS NULL OR run_at < $1) \
              AND (queued_at > $2 OR (queued_at = $2 AND id > $3)) \
              AND kind NOT IN (SELECT kind FROM paused_kinds) \
@@ -469,7 +484,7 @@ impl Registry {
         );
         let (from_at, from_id) =
             from.map_or((i64::MIN, String::new()), |(at, id)| (*at, id.to_string()));
-        let rows: Vec<(String, i64, Option<i64>, i64)> = on_db!(self, pool => {
+        let rows: Vec<(String, i64, Option<i64>, i64, i64)> = on_db!(self, pool => {
             sqlx::query_as(AssertSqlSafe(sql.as_str()))
                 .bind(before)
                 .bind(from_at)
@@ -479,13 +494,14 @@ impl Registry {
                 .await?
         });
         rows.into_iter()
-            .map(|(id, delivery, run_at, queued_at)| {
+            .map(|(id, delivery, run_at, queued_at, priority)| {
                 let id = JobId::from_str(&id).map_err(|_| RegistryError::Corrupt(id))?;
                 Ok(Overdue {
                     id,
                     delivery,
                     run_at,
                     queued_at,
+                    priority: priority_from(priority),
                 })
             })
             .collect()
@@ -644,11 +660,11 @@ impl Writer {
         let sql = format!(
             "INSERT INTO jobs (id, owner, kind, params, state, attempts, created_at, \
              max_attempts, run_at, delivery, retry_of, idempotency_key, queued_at, upload, \
-             stage) \
+             stage, priority) \
              VALUES {} \
              ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
              RETURNING id",
-            batch::values(jobs.len(), 15, 1)
+            batch::values(jobs.len(), 16, 1)
         );
         macro_rules! bind_jobs {
             () => {{
@@ -669,7 +685,8 @@ impl Writer {
                         .bind(job.idempotency_key.as_deref())
                         .bind(job.created_at)
                         .bind(job.upload())
-                        .bind(job.stage.as_deref());
+                        .bind(job.stage.as_deref())
+                        .bind(i64::from(job.priority));
                 }
                 query
             }};
@@ -684,7 +701,7 @@ impl Writer {
                 let rows: Vec<_> = jobs
                     .iter()
                     .filter(|job| new.contains(job.id.to_string().as_str()))
-                    .map(|job| crate::queue::sqlite_row(job.id, job.delivery, job.run_at))
+                    .map(|job| crate::queue::sqlite_row(&QueuedJob::of(job)))
                     .collect();
                 crate::queue::sqlite_queue::insert_in(&mut tx, &rows.iter().collect::<Vec<_>>())
                     .await?;

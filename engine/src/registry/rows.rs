@@ -50,5 +50,12 @@ where
             .try_get::<Option<String>, _>("retry_of")?
             .and_then(|id| JobId::from_str(&id).ok()),
         idempotency_key: row.try_get("idempotency_key")?,
+        priority: priority_from(row.try_get("priority")?),
     })
+}
+
+/// A stored priority, kept within [`PRIORITIES`] whatever the row says.
+pub(super) fn priority_from(stored: i64) -> u8 {
+    let (low, high) = (*PRIORITIES.start(), *PRIORITIES.end());
+    stored.clamp(i64::from(low), i64::from(high)) as u8
 }

@@ -52,26 +52,34 @@ impl Registry {
         Ok(count.max(0) as u64)
     }
 
-    /// How many queued jobs, due by `now`, entered the queue before `(queued_at, id)` and are
-    /// not held back (by a pause or a busy slot): the jobs ahead of it. Counts no further than
-    /// `up_to`.
+    /// How many queued jobs, due by `now` and not held back (by a pause or a busy slot), are
+    /// ahead of the queued job `(priority, queued_at, id)`: those of a higher priority, and
+    /// those of its own that entered the queue before it. (The queue also lifts long-waiting
+    /// jobs, see `queue::Aging`; this count leaves that out.) Counts no further than `up_to`.
     pub async fn jobs_ahead(
         &self,
+        priority: u8,
         queued_at: i64,
         id: &str,
         now: i64,
         up_to: u64,
     ) -> Result<u64, RegistryError> {
         let hint = match &self.db {
-            Db::Sqlite(_) => " INDEXED BY jobs_queued",
+            Db::Sqlite(_) => " INDEXED BY jobs_queued_by_priority",
             Db::Postgres(_) => "",
         };
+        let count = |range: &str| {
+            format!(
+                "(SELECT COUNT(*) FROM (SELECT 1 FROM jobs{hint} WHERE state = 'queued' \
+                 AND {range} AND (run_at IS NULL OR run_at <= $3) \
+                 AND (waiting IS NULL OR waiting <> 'slot') \
+                 AND kind NOT IN (SELECT kind FROM paused_kinds) LIMIT $4) AS t)"
+            )
+        };
         let sql = format!(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM jobs{hint} WHERE state = 'queued' \
-             AND queued_at <= $1 AND (queued_at < $1 OR id < $2) \
-             AND (run_at IS NULL OR run_at <= $3) \
-             AND (waiting IS NULL OR waiting <> 'slot') \
-             AND kind NOT IN (SELECT kind FROM paused_kinds) LIMIT $4) AS t"
+            "SELECT {higher} + {earlier}",
+            higher = count("priority > $5"),
+            earlier = count("priority = $5 AND queued_at <= $1 AND (queued_at < $1 OR id < $2)"),
         );
         let count: i64 = on_db!(self, pool => {
             sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
@@ -79,9 +87,10 @@ impl Registry {
                 .bind(id)
                 .bind(now)
                 .bind(up_to as i64)
+                .bind(i64::from(priority))
                 .fetch_one(pool)
                 .await?
         });
-        Ok(count.max(0) as u64)
+        Ok((count.max(0) as u64).min(up_to))
     }
 }

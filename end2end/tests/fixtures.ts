@@ -313,8 +313,9 @@ export async function apiStartJob(
   request: APIRequestContext,
   kind: string,
   params: Record<string, unknown>,
+  options: { priority?: number } = {},
 ): Promise<string> {
-  const response = await request.post("/api/jobs", { data: { kind, params } });
+  const response = await request.post("/api/jobs", { data: { kind, params, ...options } });
   expect(response.status(), `POST /api/jobs ${kind}: ${await response.text()}`).toBe(202);
   const body = await response.json();
   expect(body.id, "POST /api/jobs answers the new job's id").toMatch(/^[0-9A-HJKMNP-TV-Z]{26}$/);

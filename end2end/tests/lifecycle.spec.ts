@@ -102,6 +102,35 @@ test.describe("why a job waits", () => {
     await expect(page.getByTestId("job-state")).toHaveText("succeeded", { timeout: 15_000 });
     await expect(eta).toHaveCount(0);
   });
+
+  test("a job given a higher priority on the form goes ahead of one that came first", async ({ page }) => {
+    // All workers busy; one frees after 3 s, the others after 7 s.
+    const busy: string[] = [];
+    for (let n = 0; n < WORKERS; n++) {
+      busy.push(await apiStartJob(page.request, "sleep", { ms: n === 0 ? 3_000 : 7_000 }));
+    }
+    for (const id of busy) {
+      await apiWaitForJobState(page.request, id, "running");
+    }
+    const low = await apiStartJob(page.request, "sleep", { ms: 0 }, { priority: 1 });
+
+    await page.goto("/");
+    await waitForHydration(page);
+    await page.getByLabel("Priority").selectOption("9");
+    const high = await startJobViaForm(page, 0, 1);
+    await waitForHydration(page);
+    await expect(page.getByTestId("job-priority")).toHaveText("9");
+    await expect(page.getByTestId("job-waiting")).toContainText("Next in line");
+    const lowWaiting = (await (await page.request.get(`/api/jobs/${low}`)).json()).waiting;
+    expect(lowWaiting).toMatchObject({ reason: "queue", ahead: 1 });
+
+    // The first free worker takes the priority-9 job; the priority-1 one waits for the next.
+    await expect(page.getByTestId("job-state")).toHaveText("succeeded", { timeout: 20_000 });
+    await apiWaitForJobState(page.request, low, "succeeded");
+    const started = async (id: string) =>
+      Date.parse((await (await page.request.get(`/api/jobs/${id}`)).json()).started_at);
+    expect(await started(high)).toBeLessThan(await started(low));
+  });
 });
 
 test.describe("job lifecycle from the list", () => {

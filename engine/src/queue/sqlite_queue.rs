@@ -5,8 +5,9 @@
 //! that history, so it drains a few hundred jobs a second and slows as history grows. Here a
 //! task lives only while it waits or runs (the registry keeps the history), waiting tasks sit in
 //! a partial index by priority and due time, a fetch claims a whole batch in one statement (see
-//! [`fetch_sql`]), and acknowledgements of a batch delete in one statement. Pushes from concurrent requests are committed together (group
-//! commit): one transaction and one multi-row `INSERT` for everything that arrived meanwhile.
+//! [`fetch_sql`]), and acknowledgements of a batch delete in one statement. Pushes from
+//! concurrent requests are committed together (group commit): one transaction and one
+//! multi-row `INSERT` for everything that arrived meanwhile.
 //!
 //! One process owns the file: at start a worker takes back whatever a previous process had
 //! fetched and not finished.

@@ -2,6 +2,7 @@
 //! act in bulk on every job a filter matches, pause and resume a kind. Every action is checked
 //! against the operator's role and written to the audit log.
 
+use crate::queue::QueuedJob;
 use crate::registry::{AuditEntry, JobQuery};
 use crate::{CancelOutcome, Engine, EngineError, Job, JobDetail, JobId, JobState, SubmitError};
 use futures::StreamExt;

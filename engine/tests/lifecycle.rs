@@ -2066,10 +2066,7 @@ async fn a_priority_outside_1_to_9_is_refused_and_a_retry_keeps_its_priority(bac
             .submit(&owner(), "flaky", Params::Json(json!({})), at_priority(bad))
             .await
             .expect_err("refused");
-        assert!(
-            refused.to_string().contains("priority"),
-            "{bad}: {refused}"
-        );
+        assert!(refused.to_string().contains("priority"), "{bad}: {refused}");
     }
     let id = submit(
         &app.engine,
@@ -2089,9 +2086,12 @@ async fn a_priority_outside_1_to_9_is_refused_and_a_retry_keeps_its_priority(bac
         .expect("a failed job retries");
     assert_eq!(job(&app.engine, again).await.priority, 7);
     assert_eq!(
-        job(&app.engine, submit(&app.engine, "flaky", json!({}), SubmitOptions::default()).await)
-            .await
-            .priority,
+        job(
+            &app.engine,
+            submit(&app.engine, "flaky", json!({}), SubmitOptions::default()).await
+        )
+        .await
+        .priority,
         5,
         "the default is the middle"
     );

@@ -82,10 +82,22 @@ async fn bad_input_is_refused_with_a_clear_error_and_creates_nothing() {
         (json!({"kind": "teleport", "params": {}}), "kind"),
         (json!({"kind": 7}), "kind"),
         (json!({"params": {"ms": 1}}), "kind"),
-        (json!({"kind": "sleep", "params": {"ms": 1}, "priority": 0}), "priority"),
-        (json!({"kind": "sleep", "params": {"ms": 1}, "priority": 10}), "priority"),
-        (json!({"kind": "sleep", "params": {"ms": 1}, "priority": "high"}), "priority"),
-        (json!({"kind": "sleep", "params": {"ms": 1}, "priority": 2.5}), "priority"),
+        (
+            json!({"kind": "sleep", "params": {"ms": 1}, "priority": 0}),
+            "priority",
+        ),
+        (
+            json!({"kind": "sleep", "params": {"ms": 1}, "priority": 10}),
+            "priority",
+        ),
+        (
+            json!({"kind": "sleep", "params": {"ms": 1}, "priority": "high"}),
+            "priority",
+        ),
+        (
+            json!({"kind": "sleep", "params": {"ms": 1}, "priority": 2.5}),
+            "priority",
+        ),
     ];
     for (body, field) in cases {
         let response = client.submit(body.clone()).await;

@@ -17,7 +17,7 @@ use crate::model::{DEFAULT_PRIORITY, Job, JobId, PRIORITIES};
 use crate::registry::Overdue;
 use apalis::prelude::*;
 use apalis_core::backend::persistence::Persistence;
-use apalis_postgres::{PgContext, PgPool, PostgresStorage, Pubsub};
+use apalis_postgres::{PgPool, PostgresStorage, Pubsub};
 use futures::StreamExt;
 use redis_queue::{RedisQueue, RedisQueueError};
 use serde::{Deserialize, Serialize};
@@ -341,23 +341,21 @@ impl Queue {
         if let Some(run_at) = run_at {
             task = task.run_at_timestamp((run_at.max(0) / 1000) as u64);
         }
+        // apalis-postgres orders its fetch by the task's priority; Errand's own storages read it
+        // from the arguments.
+        let task = task.priority(usize::from(job.priority)).build();
         match &self.storage {
-            Storage::Postgres(storage) => {
-                let task = task
-                    .with_ctx(PgContext::new().with_priority(i32::from(job.priority)))
-                    .build();
-                storage
-                    .clone()
-                    .push_task(task)
-                    .await
-                    .map_err(|e| QueueError::Storage(e.to_string()))?
-            }
+            Storage::Postgres(storage) => storage
+                .clone()
+                .push_task(task)
+                .await
+                .map_err(|e| QueueError::Storage(e.to_string()))?,
             Storage::Sqlite(storage) => {
-                let task = encode(task.build())?;
+                let task = encode(task)?;
                 storage.persistence().clone().push_tasks(vec![task]).await?;
             }
             Storage::Redis(storage) => {
-                let task = encode(task.build())?;
+                let task = encode(task)?;
                 storage.persistence().clone().push_tasks(vec![task]).await?;
             }
         }
@@ -535,7 +533,11 @@ mod tests {
         let aging = Aging::default();
         aging.set(Duration::from_secs(60));
         let due = 1_000_000;
-        assert_eq!(aging.lifted(1, due, due), (1, due), "not lifted before a step");
+        assert_eq!(
+            aging.lifted(1, due, due),
+            (1, due),
+            "not lifted before a step"
+        );
         assert_eq!(aging.lifted(1, due, due + 59_999), (1, due));
         assert_eq!(aging.lifted(1, due, due + 60_000), (2, due + 60_000));
         assert_eq!(aging.lifted(5, due, due + 150_000), (7, due + 120_000));

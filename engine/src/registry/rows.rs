@@ -1,7 +1,7 @@
 //! Reading registry rows, from either database.
 
 use super::RegistryError;
-use crate::model::{Job, JobId, Owner};
+use crate::model::{Job, JobId, Owner, PRIORITIES};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 use std::str::FromStr;
 

@@ -113,8 +113,10 @@ impl From<SubmitError> for ApiError {
         match err {
             SubmitError::Invalid(invalid) => ApiError::BadRequest {
                 message: invalid.message,
+                // The engine names a parameter by itself; the request's own fields stay as
+                // they are.
                 field: invalid.field.map(|f| {
-                    if f == "kind" {
+                    if ["kind", "priority", "run_at", "idempotency_key"].contains(&f.as_str()) {
                         f
                     } else {
                         format!("params.{f}")

@@ -91,14 +91,15 @@ impl SqliteQueue {
                  id     TEXT PRIMARY KEY NOT NULL,  -- ULID
                  args   BLOB NOT NULL,              -- the task's arguments (JSON)
                  run_at INTEGER NOT NULL,           -- due time, unix ms
-                 worker TEXT                        -- who fetched it; NULL while it waits
+                 worker TEXT,                       -- who fetched it; NULL while it waits
+                 priority INTEGER NOT NULL DEFAULT 5 -- 1 to 9, higher first (see `Aging`)
              );
              CREATE INDEX IF NOT EXISTS errand_tasks_fetched
                  ON errand_tasks (worker) WHERE worker IS NOT NULL;",
         )
         .execute(&mut *tx)
         .await?;
-        // Tables of versions before priorities: their tasks get the middle level, and the
+        // A table of a version before priorities: its tasks get the middle level, and the
         // waiting tasks' index gains the level.
         let has_priority: bool = sqlx::query_scalar(
             "SELECT COUNT(*) > 0 FROM pragma_table_info('errand_tasks') WHERE name = 'priority'",
@@ -373,4 +374,68 @@ impl Persistence for SqliteQueue {
 /// Task ids as a JSON array, for `json_each`.
 fn ids_json(ids: &[String]) -> String {
     serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{QueuedJob, sqlite_row};
+    use sqlx::sqlite::SqliteConnectOptions;
+
+    #[tokio::test]
+    async fn an_earlier_table_gains_priorities_and_a_fetch_takes_the_best_first() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("errand.db");
+        let pool = crate::db::sqlite(SqliteConnectOptions::new().filename(file))
+            .await
+            .expect("pool");
+        // The table as versions before priorities made it, with one task due long ago.
+        sqlx::raw_sql(
+            "CREATE TABLE errand_tasks (id TEXT PRIMARY KEY NOT NULL, args BLOB NOT NULL,
+                 run_at INTEGER NOT NULL, worker TEXT);
+             CREATE INDEX errand_tasks_waiting ON errand_tasks (run_at, id) WHERE worker IS NULL;",
+        )
+        .execute(&pool)
+        .await
+        .expect("the earlier table");
+        let earlier = ulid::Ulid::generate().to_string();
+        sqlx::query("INSERT INTO errand_tasks (id, args, run_at) VALUES ($1, x'7b7d', 0)")
+            .bind(&earlier)
+            .execute(&pool)
+            .await
+            .expect("an earlier task");
+
+        let mut queue = SqliteQueue::open(pool.clone(), Aging::default())
+            .await
+            .expect("opens");
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'errand_tasks' \
+             AND sql IS NOT NULL ORDER BY name",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("indexes");
+        assert_eq!(indexes, ["errand_tasks_fetched", "errand_tasks_ready"]);
+
+        let task = |priority| {
+            sqlite_row(&QueuedJob {
+                job_id: crate::model::new_job_id(),
+                delivery: 1,
+                run_at: None,
+                priority,
+            })
+        };
+        let (low, normal, high) = (task(1), task(5), task(9));
+        insert(&pool, &[&low, &normal, &high]).await.expect("push");
+        let fetched: Vec<String> = queue
+            .fetch_next(&WorkerContext::new("w"))
+            .await
+            .expect("fetch")
+            .iter()
+            .filter_map(|task| task.task_id().map(ToString::to_string))
+            .collect();
+        // The earlier task has the middle level and has waited for ever: aging lifted it to
+        // 9, counting from 4 steps after it was due, before any task pushed now.
+        assert_eq!(fetched, [earlier, high.id, normal.id, low.id]);
+    }
 }

@@ -7,6 +7,7 @@ mod client;
 mod console;
 mod faults;
 mod limits;
+mod priorities;
 mod scenarios;
 mod server;
 mod stats;
@@ -36,7 +37,7 @@ enum Scale {
 
 #[derive(Debug, Parser)]
 #[command(
-    about = "Measure errand: enqueue rate, latency, pickup, drain, push, fan-out, memory, page weight, faults, the console at size, what limits cost."
+    about = "Measure errand: enqueue rate, latency, pickup, drain, push, fan-out, memory, page weight, faults, the console at size, what limits and priorities cost."
 )]
 struct Args {
     /// The errand binary to measure (default: $CARGO_TARGET_DIR/release/errand).
@@ -47,7 +48,7 @@ struct Args {
     workdir: PathBuf,
     #[arg(long, value_enum, default_value = "full")]
     scale: Scale,
-    /// Only these scenarios (numbers 1–12); all when not given.
+    /// Only these scenarios (numbers 1–13); all when not given.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Also write the results as JSON here.
@@ -177,6 +178,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if pick(12) {
         rows.push(limits::cost(&cx, drain).await?);
+    }
+    if pick(13) {
+        rows.push(priorities::cost(&cx, drain).await?);
     }
 
     println!("\n| scenario | result |\n|---|---|");

@@ -131,6 +131,7 @@ pub(crate) async fn processing(cx: &Context, count: usize) -> anyhow::Result<Row
     let Drained {
         seconds,
         jobs_per_s,
+        ..
     } = drained?;
     Ok(Row::new(
         "processing".into(),
@@ -145,6 +146,8 @@ pub(crate) async fn processing(cx: &Context, count: usize) -> anyhow::Result<Row
 pub(crate) struct Drained {
     pub(crate) seconds: f64,
     pub(crate) jobs_per_s: f64,
+    /// Every job as `GET /api/jobs` lists it.
+    pub(crate) jobs: Vec<Value>,
 }
 
 /// Submits `count` jobs (`job(n)`: `{"kind", "params"}`) due at one moment, waits until none
@@ -196,6 +199,7 @@ pub(crate) async fn drain(
     Ok(Drained {
         seconds,
         jobs_per_s: count as f64 / seconds,
+        jobs,
     })
 }
 

@@ -80,6 +80,7 @@ conformance!(
     higher_priorities_run_first_and_equal_ones_in_order_of_their_time,
     a_low_priority_job_still_runs_under_a_steady_stream_of_higher_ones,
     a_priority_outside_1_to_9_is_refused_and_a_retry_keeps_its_priority,
+    the_jobs_ahead_of_a_queued_job_are_those_of_higher_priority_and_its_own_before_it,
 );
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -2096,4 +2097,35 @@ async fn a_priority_outside_1_to_9_is_refused_and_a_retry_keeps_its_priority(bac
         "the default is the middle"
     );
     app.stop().await;
+}
+
+async fn the_jobs_ahead_of_a_queued_job_are_those_of_higher_priority_and_its_own_before_it(
+    backend: Backend,
+) {
+    let store = Store::new(backend).await;
+    // No worker runs: everything stays queued.
+    let engine = open(&store).await;
+    let mut ids = Vec::new();
+    for priority in [None, Some(9), Some(1), Some(7), None, Some(9)] {
+        let options = SubmitOptions {
+            priority,
+            ..SubmitOptions::default()
+        };
+        ids.push(submit(&engine, "flaky", json!({}), options).await);
+    }
+    let mut ahead = Vec::new();
+    for id in ids {
+        let waiting = engine
+            .waiting(&job(&engine, id).await)
+            .await
+            .expect("why it waits")
+            .expect("it waits");
+        match waiting.reason {
+            errand_engine::waiting::WaitReason::Queue { ahead: n } => ahead.push(n),
+            other => panic!("waits for {other:?}"),
+        }
+    }
+    // 5, 9, 1, 7, 5, 9: the second 9 has the first ahead; the 7 both 9s; the first 5 the 9s
+    // and the 7; the second 5 those and the first 5; the 1 everyone.
+    assert_eq!(ahead, [3, 0, 5, 2, 4, 1]);
 }

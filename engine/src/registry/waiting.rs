@@ -1,6 +1,7 @@
 //! What the registry knows of why a queued job has not started (see `crate::waiting`).
 
 use super::{Db, Registry, RegistryError};
+use crate::model::DEFAULT_PRIORITY;
 use sqlx::AssertSqlSafe;
 
 /// A queued job's row, as far as its waiting goes.
@@ -64,11 +65,15 @@ impl Registry {
         now: i64,
         up_to: u64,
     ) -> Result<u64, RegistryError> {
-        let hint = match &self.db {
-            Db::Sqlite(_) => " INDEXED BY jobs_queued_by_priority",
-            Db::Postgres(_) => "",
-        };
-        let count = |range: &str| {
+        // Jobs at the default priority are in `jobs_queued` only, the others also in
+        // `jobs_queued_by_priority` (see the 0013 migration); each count reads one range.
+        let sqlite = matches!(self.db, Db::Sqlite(_));
+        let count = |index: &str, range: String| {
+            let hint = if sqlite {
+                format!(" INDEXED BY {index}")
+            } else {
+                String::new()
+            };
             format!(
                 "(SELECT COUNT(*) FROM (SELECT 1 FROM jobs{hint} WHERE state = 'queued' \
                  AND {range} AND (run_at IS NULL OR run_at <= $3) \
@@ -76,18 +81,31 @@ impl Registry {
                  AND kind NOT IN (SELECT kind FROM paused_kinds) LIMIT $4) AS t)"
             )
         };
-        let sql = format!(
-            "SELECT {higher} + {earlier}",
-            higher = count("priority > $5"),
-            earlier = count("priority = $5 AND queued_at <= $1 AND (queued_at < $1 OR id < $2)"),
-        );
+        let (by_priority, by_time) = ("jobs_queued_by_priority", "jobs_queued");
+        let default = DEFAULT_PRIORITY;
+        let earlier = "queued_at <= $1 AND (queued_at < $1 OR id < $2)";
+        let mut parts = vec![count(
+            by_priority,
+            format!("priority > {priority} AND priority <> {default}"),
+        )];
+        if priority < default {
+            parts.push(count(by_time, format!("priority = {default}")));
+        }
+        parts.push(if priority == default {
+            count(by_time, format!("priority = {default} AND {earlier}"))
+        } else {
+            count(
+                by_priority,
+                format!("priority = {priority} AND priority <> {default} AND {earlier}"),
+            )
+        });
+        let sql = format!("SELECT {}", parts.join(" + "));
         let count: i64 = on_db!(self, pool => {
             sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
                 .bind(queued_at)
                 .bind(id)
                 .bind(now)
                 .bind(up_to as i64)
-                .bind(i64::from(priority))
                 .fetch_one(pool)
                 .await?
         });

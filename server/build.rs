@@ -12,8 +12,13 @@ fn main() {
         .filter(|text| !text.is_empty())
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=ERRAND_COMMIT={commit}");
-    // A new commit moves HEAD or the branch it names.
-    for path in ["../.git/HEAD", "../.git/refs/heads", "../.git/packed-refs"] {
+    // A new commit moves HEAD or the branch it names, and is appended to HEAD's log.
+    for path in [
+        "../.git/HEAD",
+        "../.git/logs/HEAD",
+        "../.git/refs/heads",
+        "../.git/packed-refs",
+    ] {
         if std::path::Path::new(path).exists() {
             println!("cargo:rerun-if-changed={path}");
         }

@@ -129,6 +129,13 @@ fn default_priority() -> u8 {
     DEFAULT_PRIORITY
 }
 
+/// A stored priority (a registry row, a queued task), kept within [`PRIORITIES`] whatever
+/// the store says.
+pub(crate) fn priority_within(stored: i64) -> u8 {
+    let (low, high) = (*PRIORITIES.start(), *PRIORITIES.end());
+    stored.clamp(i64::from(low), i64::from(high)) as u8
+}
+
 impl Job {
     /// The upload this job reads (its `upload` argument), if any.
     pub fn upload(&self) -> Option<&str> {

@@ -195,7 +195,12 @@ struct Running {
 }
 
 async fn open(store: &Store) -> Engine {
-    Engine::open_with_kinds(store.config(), Kinds::builtin(&[]).with(Flaky))
+    open_with(store.config()).await
+}
+
+/// An engine with the test kinds on `config`.
+async fn open_with(config: EngineConfig) -> Engine {
+    Engine::open_with_kinds(config, Kinds::builtin(&[]).with(Flaky))
         .await
         .expect("engine opens")
 }
@@ -1625,9 +1630,7 @@ async fn processes(
     let mut engines = Vec::new();
     let count = if store.shared.is_some() { 2 } else { 1 };
     for _ in 0..count {
-        let engine = Engine::open_with_kinds(config.clone(), Kinds::builtin(&[]).with(Flaky))
-            .await
-            .expect("engine opens");
+        let engine = open_with(config.clone()).await;
         let (stop, workers) = start_workers(&engine);
         engines.push((engine, stop, workers));
     }
@@ -1941,9 +1944,7 @@ async fn higher_priorities_run_first_and_equal_ones_in_order_of_their_time(backe
         concurrency: 1,
         ..store.config()
     };
-    let engine = Engine::open_with_kinds(config, Kinds::builtin(&[]).with(Flaky))
-        .await
-        .expect("engine opens");
+    let engine = open_with(config).await;
     // Submitted before any worker runs, low and high alternating, with the default between.
     let (mut high, mut low, mut normal) = (Vec::new(), Vec::new(), Vec::new());
     for n in 0..80 {
@@ -2010,9 +2011,7 @@ async fn a_low_priority_job_still_runs_under_a_steady_stream_of_higher_ones(back
         priority_aging: aging,
         ..store.config()
     };
-    let engine = Engine::open_with_kinds(config, Kinds::builtin(&[]).with(Flaky))
-        .await
-        .expect("engine opens");
+    let engine = open_with(config).await;
     let (stop, workers) = start_workers(&engine);
     let stream = {
         let engine = engine.clone();

@@ -13,7 +13,7 @@
 //! by their wait ([`Aging`]), then by due time.
 
 use crate::db;
-use crate::model::{DEFAULT_PRIORITY, Job, JobId, PRIORITIES};
+use crate::model::{DEFAULT_PRIORITY, Job, JobId, PRIORITIES, priority_within};
 use crate::registry::Overdue;
 use apalis::prelude::*;
 use apalis_core::backend::persistence::Persistence;
@@ -95,12 +95,14 @@ fn default_priority() -> u8 {
 pub(crate) fn priority_of(args: &[u8]) -> u8 {
     #[derive(Deserialize)]
     struct Priority {
-        #[serde(default = "default_priority")]
-        priority: u8,
+        #[serde(default = "default_stored_priority")]
+        priority: i64,
+    }
+    fn default_stored_priority() -> i64 {
+        i64::from(DEFAULT_PRIORITY)
     }
     serde_json::from_slice::<Priority>(args)
-        .map_or(DEFAULT_PRIORITY, |task| task.priority)
-        .clamp(*PRIORITIES.start(), *PRIORITIES.end())
+        .map_or(DEFAULT_PRIORITY, |task| priority_within(task.priority))
 }
 
 /// How waiting lifts a task's priority, so that a steady stream of higher-priority jobs

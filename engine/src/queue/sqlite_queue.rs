@@ -18,7 +18,7 @@
 
 use super::storage::{RETRY_AFTER_ERROR, completed, fetched};
 use super::{Aging, priority_of};
-use crate::model::{PRIORITIES, now_ms};
+use crate::model::{PRIORITIES, now_ms, priority_within};
 use apalis_core::backend::persistence::{Persistence, TaskEvent};
 use apalis_core::task::Task;
 use apalis_core::worker::context::WorkerContext;
@@ -292,7 +292,7 @@ impl Persistence for SqliteQueue {
                 .await?;
         // `RETURNING` keeps no order: the worker starts the most urgent first.
         rows.sort_by_cached_key(|(id, _, priority, due)| {
-            let (level, due) = self.aging.lifted(*priority as u8, *due, now);
+            let (level, due) = self.aging.lifted(priority_within(*priority), *due, now);
             (std::cmp::Reverse(level), due, id.clone())
         });
         rows.into_iter()

@@ -5,7 +5,7 @@
 use super::{Db, Registry, RegistryError, job_from_row};
 use crate::db;
 use crate::gates::GateRule;
-use crate::model::{Job, JobId, now_ms};
+use crate::model::{Job, JobId, now_ms, priority_within};
 use crate::queue::QueuedJob;
 use std::str::FromStr;
 
@@ -149,7 +149,7 @@ impl Registry {
                             job_id,
                             delivery,
                             run_at: Some(at),
-                            priority: super::priority_from(priority),
+                            priority: priority_within(priority),
                         }),
                         None => Admission::Skipped,
                     };
@@ -207,7 +207,7 @@ impl Registry {
                     job_id: id,
                     delivery,
                     run_at: None,
-                    priority: super::priority_from(priority),
+                    priority: priority_within(priority),
                 })
             })
             .collect()

@@ -242,7 +242,7 @@ pub use console::{
     AttemptInfo, AuditEntry, FinishedCount, JobQuery, StateCounts, Timing, WorkerInfo,
 };
 pub use gates::Admission;
-use rows::{job_from_row, priority_from};
+use rows::job_from_row;
 pub use waiting::WaitFacts;
 
 impl Registry {
@@ -501,7 +501,7 @@ impl Registry {
                     delivery,
                     run_at,
                     queued_at,
-                    priority: priority_from(priority),
+                    priority: crate::model::priority_within(priority),
                 })
             })
             .collect()

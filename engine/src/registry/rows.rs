@@ -1,7 +1,7 @@
 //! Reading registry rows, from either database.
 
 use super::RegistryError;
-use crate::model::{Job, JobId, Owner, PRIORITIES};
+use crate::model::{Job, JobId, Owner, priority_within};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 use std::str::FromStr;
 
@@ -50,12 +50,6 @@ where
             .try_get::<Option<String>, _>("retry_of")?
             .and_then(|id| JobId::from_str(&id).ok()),
         idempotency_key: row.try_get("idempotency_key")?,
-        priority: priority_from(row.try_get("priority")?),
+        priority: priority_within(row.try_get("priority")?),
     })
-}
-
-/// A stored priority, kept within [`PRIORITIES`] whatever the row says.
-pub(super) fn priority_from(stored: i64) -> u8 {
-    let (low, high) = (*PRIORITIES.start(), *PRIORITIES.end());
-    stored.clamp(i64::from(low), i64::from(high)) as u8
 }

@@ -458,8 +458,9 @@ impl Registry {
         })
     }
 
-    /// Queued jobs that entered the queue before `before` (unix ms) and were due by then: the
-    /// reconciler checks that a task covers each. In the order they were queued, after `from`
+    /// Queued jobs that entered the queue no later than `before` (unix ms) and were due by then:
+    /// the reconciler checks that a task covers each. "No later", so that a check with no grace
+    /// (`before` = now) also covers a job queued in the same millisecond. In the order they were queued, after `from`
     /// (a page's last `(queued_at, id)`), at most `limit`.
     pub async fn overdue(
         &self,
@@ -476,7 +477,7 @@ impl Registry {
         };
         let sql = format!(
             "SELECT id, delivery, run_at, queued_at, priority FROM jobs{hint} WHERE state = 'queued' \
-             AND queued_at < $1 AND (run_at IS NULL OR run_at < $1) \
+             AND queued_at <= $1 AND (run_at IS NULL OR run_at <= $1) \
              AND (queued_at > $2 OR (queued_at = $2 AND id > $3)) \
              AND kind NOT IN (SELECT kind FROM paused_kinds) \
              AND (waiting IS NULL OR waiting <> 'slot') \

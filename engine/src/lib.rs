@@ -313,10 +313,7 @@ impl Engine {
             // is one transaction.
             (None, None) => {
                 let registry = Registry::open_with_queue(&registry_file).await?;
-                let pool = registry.sqlite().cloned().ok_or_else(|| {
-                    EngineError::Worker("the embedded registry is not SQLite".into())
-                })?;
-                let queue = Queue::in_registry(pool, &queue_file).await?;
+                let queue = Queue::in_registry(&registry, &queue_file).await?;
                 (registry, queue)
             }
             (database, queue) => {

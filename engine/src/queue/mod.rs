@@ -21,7 +21,7 @@ use apalis_postgres::{PgPool, PostgresStorage, Pubsub};
 use futures::StreamExt;
 use redis_queue::{RedisQueue, RedisQueueError};
 use serde::{Deserialize, Serialize};
-use sqlite_queue::{SqliteQueue, SqliteQueueError};
+use sqlite_queue::{SqliteQueue, SqliteQueueError, TaskLevels};
 use sqlx::SqlitePool;
 use sqlx::sqlite::SqliteConnectOptions;
 use std::path::Path;
@@ -211,12 +211,20 @@ impl Queue {
         }
     }
 
-    /// The embedded default: the queue's table in the registry's SQLite database (`pool`), so
-    /// that a submit is one transaction. The tasks of an earlier version's separate queue file
+    /// The embedded default: the queue's table in the registry's SQLite database, so that a
+    /// submit is one transaction. The tasks of an earlier version's separate queue file
     /// (`earlier_file`, `queue.db`) are moved in, and the file removed.
-    pub async fn in_registry(pool: SqlitePool, earlier_file: &Path) -> Result<Self, QueueError> {
-        let queue = Self::on_sqlite_pool(pool.clone()).await?;
-        match sqlite_queue::adopt_file(&pool, earlier_file).await {
+    pub async fn in_registry(
+        registry: &crate::registry::Registry,
+        earlier_file: &Path,
+    ) -> Result<Self, QueueError> {
+        let (Some(pool), Some(levels)) = (registry.sqlite(), registry.task_levels()) else {
+            return Err(QueueError::Storage(
+                "the registry does not hold the queue's table".into(),
+            ));
+        };
+        let queue = Self::on_sqlite_pool(pool.clone(), levels).await?;
+        match sqlite_queue::adopt_file(pool, earlier_file).await {
             Ok(0) => {}
             Ok(moved) => tracing::info!(moved, "moved the tasks of queue.db into errand.db"),
             // The reconciler pushes again any queued job that no task covers.
@@ -228,12 +236,12 @@ impl Queue {
     }
 
     async fn open_sqlite(options: SqliteConnectOptions) -> Result<Self, QueueError> {
-        Self::on_sqlite_pool(db::sqlite(options).await?).await
+        Self::on_sqlite_pool(db::sqlite(options).await?, TaskLevels::default()).await
     }
 
-    async fn on_sqlite_pool(pool: SqlitePool) -> Result<Self, QueueError> {
+    async fn on_sqlite_pool(pool: SqlitePool, levels: TaskLevels) -> Result<Self, QueueError> {
         let aging = Aging::default();
-        let queue = SqliteQueue::open(pool, aging.clone()).await?;
+        let queue = SqliteQueue::open(pool, aging.clone(), levels).await?;
         // One process owns the file: no other worker's heartbeat to watch.
         let heartbeat = Duration::from_secs(30);
         Ok(Self::with(

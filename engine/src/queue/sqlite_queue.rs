@@ -18,13 +18,14 @@
 
 use super::storage::{RETRY_AFTER_ERROR, completed, fetched};
 use super::{Aging, priority_of};
-use crate::model::{PRIORITIES, now_ms, priority_within};
+use crate::model::{DEFAULT_PRIORITY, PRIORITIES, now_ms, priority_within};
 use apalis_core::backend::persistence::{Persistence, TaskEvent};
 use apalis_core::task::Task;
 use apalis_core::worker::context::WorkerContext;
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, SqlitePool};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 /// How many tasks one fetch claims.
@@ -64,13 +65,47 @@ pub(crate) struct Row {
     pub(crate) priority: u8,
 }
 
+/// The priority levels that tasks in the table may have: the default level, every level found
+/// at open and every level written since (levels are never taken out). One process owns a
+/// SQLite file, so nothing else adds tasks behind its back. A fetch seeks only these levels:
+/// with no priorities set, that is one plain seek.
+#[derive(Debug, Clone)]
+pub(crate) struct TaskLevels(Arc<AtomicU16>);
+
+impl Default for TaskLevels {
+    fn default() -> Self {
+        Self(Arc::new(AtomicU16::new(1 << DEFAULT_PRIORITY)))
+    }
+}
+
+impl TaskLevels {
+    /// Notes that a task of `priority` may be in the table. Called before it is written, so a
+    /// fetch that begins after the write seeks its level; one already under way may miss it,
+    /// as it may miss any push that commits meanwhile (the push's wake-up looks again soon).
+    fn add(&self, priority: u8) {
+        self.0.fetch_or(1 << priority_within(i64::from(priority)), Ordering::Relaxed);
+    }
+
+    /// The levels as a bit set (bit `n` for level `n`).
+    fn bits(&self) -> u16 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The fetch statement for a set of levels, built when the set changes.
+struct FetchStatement {
+    levels: u16,
+    sql: Arc<str>,
+}
+
 /// The queue's pool and its group-commit writer.
 #[derive(Clone)]
 pub(crate) struct SqliteQueue {
     pool: SqlitePool,
     aging: Aging,
-    /// The fetch statement: one bounded seek per priority level (see [`fetch_sql`]).
-    fetch: Arc<str>,
+    levels: TaskLevels,
+    /// The fetch for the levels last seen (see [`fetch_sql`]).
+    fetch: Arc<std::sync::Mutex<FetchStatement>>,
     writer: mpsc::Sender<Pending>,
     /// Keeps the writer running while any handle lives.
     _writer: Arc<tokio::task::JoinHandle<()>>,
@@ -83,8 +118,14 @@ impl std::fmt::Debug for SqliteQueue {
 }
 
 impl SqliteQueue {
-    /// Creates the queue's table in `pool`'s database if needed and starts its writer.
-    pub(crate) async fn open(pool: SqlitePool, aging: Aging) -> Result<Self, SqliteQueueError> {
+    /// Creates the queue's table in `pool`'s database if needed and starts its writer. `levels`
+    /// is shared with whatever else writes tasks into this table (the registry, in the embedded
+    /// default).
+    pub(crate) async fn open(
+        pool: SqlitePool,
+        aging: Aging,
+        levels: TaskLevels,
+    ) -> Result<Self, SqliteQueueError> {
         let mut tx = crate::db::write_transaction(&pool).await?;
         sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS errand_tasks (
@@ -120,13 +161,39 @@ impl SqliteQueue {
         )
         .execute(&mut *tx)
         .await?;
+        // The levels of the tasks already there: one probe of the index per level, and the
+        // few fetched tasks (handed back when a worker registers).
+        for level in PRIORITIES {
+            let waiting: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM errand_tasks WHERE worker IS NULL AND priority = $1)",
+            )
+            .bind(i64::from(level))
+            .fetch_one(&mut *tx)
+            .await?;
+            if waiting {
+                levels.add(level);
+            }
+        }
+        let fetched: Vec<i64> = sqlx::query_scalar(
+            "SELECT DISTINCT priority FROM errand_tasks WHERE worker IS NOT NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for level in fetched {
+            levels.add(priority_within(level));
+        }
         tx.commit().await?;
         let (writer, pending) = mpsc::channel(PUSHES_WAITING);
-        let task = tokio::spawn(write(pool.clone(), pending));
+        let task = tokio::spawn(write(pool.clone(), levels.clone(), pending));
+        let fetch = FetchStatement {
+            levels: levels.bits(),
+            sql: fetch_sql(levels.bits()).into(),
+        };
         Ok(Self {
             pool,
             aging,
-            fetch: fetch_sql().into(),
+            levels,
+            fetch: Arc::new(std::sync::Mutex::new(fetch)),
             writer,
             _writer: Arc::new(task),
         })
@@ -154,56 +221,78 @@ impl SqliteQueue {
     }
 }
 
-/// The fetch: claims the `BATCH` best due tasks by [`Aging`] in one statement. Its candidates
-/// are each priority level's `BATCH` oldest due tasks (a bounded seek in `errand_tasks_ready`
-/// each; one `ORDER BY priority` over the table would walk past every task due later); the
-/// oldest of a level are also its most lifted, so the best of all are among them.
-/// Parameters: worker, now (unix ms), batch, aging step (ms).
-fn fetch_sql() -> String {
-    let levels: Vec<String> = PRIORITIES
-        .map(|level| {
-            format!(
-                "SELECT * FROM (SELECT id, priority, run_at FROM errand_tasks \
-                 WHERE worker IS NULL AND priority = {level} AND run_at <= $2 \
-                 ORDER BY run_at, id LIMIT $3)"
-            )
-        })
+/// The fetch for the tasks of `levels` (a bit set): claims the `BATCH` best due tasks by
+/// [`Aging`] in one statement. Its candidates are each level's `BATCH` oldest due tasks (a
+/// bounded seek in `errand_tasks_ready` each; one `ORDER BY priority` over the table would walk
+/// past every task due later); the oldest of a level are also its most lifted, so the best of
+/// all are among them. With a single level (no priorities set) the oldest due tasks are the
+/// best, and the statement is that one seek.
+/// Parameters: worker, now (unix ms), batch, and with several levels the aging step (ms).
+fn fetch_sql(levels: u16) -> String {
+    let seek = |columns: &str, level: u8| {
+        format!(
+            "SELECT {columns} FROM errand_tasks \
+             WHERE worker IS NULL AND priority = {level} AND run_at <= $2 \
+             ORDER BY run_at, id LIMIT $3"
+        )
+    };
+    let present: Vec<u8> = PRIORITIES
+        .filter(|level| levels & (1 << level) != 0)
         .collect();
+    let claim = match present.as_slice() {
+        [level] => seek("id", *level),
+        present => {
+            let candidates: Vec<String> = present
+                .iter()
+                .map(|level| format!("SELECT * FROM ({})", seek("id, priority, run_at", *level)))
+                .collect();
+            format!(
+                "SELECT id FROM (SELECT id, run_at, \
+                     MIN({top} - priority, ($2 - run_at) / $4) AS lift, priority \
+                     FROM ({candidates})) \
+                 ORDER BY priority + lift DESC, run_at + lift * $4, id LIMIT $3",
+                top = PRIORITIES.end(),
+                candidates = candidates.join(" UNION ALL "),
+            )
+        }
+    };
     format!(
-        "UPDATE errand_tasks SET worker = $1 WHERE id IN ( \
-             SELECT id FROM (SELECT id, run_at, \
-                 MIN({top} - priority, ($2 - run_at) / $4) AS lift, priority FROM ({candidates})) \
-             ORDER BY priority + lift DESC, run_at + lift * $4, id LIMIT $3) \
-         RETURNING id, args, priority, run_at",
-        top = PRIORITIES.end(),
-        candidates = levels.join(" UNION ALL "),
+        "UPDATE errand_tasks SET worker = $1 WHERE id IN ({claim}) \
+         RETURNING id, args, priority, run_at"
     )
 }
 
 /// The group-commit writer: takes every push that is waiting, writes them in one transaction,
 /// and tells each pusher the outcome.
-async fn write(pool: SqlitePool, mut pending: mpsc::Receiver<Pending>) {
+async fn write(pool: SqlitePool, levels: TaskLevels, mut pending: mpsc::Receiver<Pending>) {
     let mut batch = Vec::new();
     while pending.recv_many(&mut batch, 4_096).await > 0 {
         let rows: Vec<&Row> = batch.iter().flat_map(|p| &p.rows).collect();
-        let result = insert(&pool, &rows).await.map_err(|err| err.to_string());
+        let result = insert(&pool, &levels, &rows)
+            .await
+            .map_err(|err| err.to_string());
         for push in batch.drain(..) {
             let _ = push.done.send(result.clone());
         }
     }
 }
 
-async fn insert(pool: &SqlitePool, rows: &[&Row]) -> Result<(), sqlx::Error> {
+async fn insert(pool: &SqlitePool, levels: &TaskLevels, rows: &[&Row]) -> Result<(), sqlx::Error> {
     let mut tx = crate::db::write_transaction(pool).await?;
-    insert_in(&mut tx, rows).await?;
+    insert_in(&mut tx, levels, rows).await?;
     tx.commit().await
 }
 
-/// Writes task rows within the caller's transaction (a second push of a task id is ignored).
+/// Writes task rows within the caller's transaction (a second push of a task id is ignored),
+/// noting their levels in `levels` first.
 pub(crate) async fn insert_in(
     connection: &mut sqlx::SqliteConnection,
+    levels: &TaskLevels,
     rows: &[&Row],
 ) -> Result<(), sqlx::Error> {
+    for row in rows {
+        levels.add(row.priority);
+    }
     for chunk in rows.chunks(PUSH_ROWS) {
         let mut insert =
             sqlx::QueryBuilder::new("INSERT INTO errand_tasks (id, args, run_at, priority) ");
@@ -233,7 +322,8 @@ pub(crate) async fn adopt_file(
         .bind(file.to_string_lossy().into_owned())
         .execute(&mut *connection)
         .await?;
-    // A task another process had fetched waits again, as at any start.
+    // A task another process had fetched waits again, as at any start. They all get the
+    // default level, which every fetch seeks.
     let moved = sqlx::query(
         "INSERT OR IGNORE INTO main.errand_tasks (id, args, run_at, priority) \
          SELECT id, args, run_at, 5 FROM earlier.errand_tasks",
@@ -282,14 +372,25 @@ impl Persistence for SqliteQueue {
         worker: &WorkerContext,
     ) -> Result<Vec<Task<Vec<u8>>>, Self::Error> {
         let now = now_ms();
-        let mut rows: Vec<(String, Vec<u8>, i64, i64)> =
-            sqlx::query_as(AssertSqlSafe(&*self.fetch))
-                .bind(worker.name())
-                .bind(now)
-                .bind(BATCH as i64)
-                .bind(self.aging.step_ms())
-                .fetch_all(&self.pool)
-                .await?;
+        let levels = self.levels.bits();
+        let sql = {
+            let mut fetch = self.fetch.lock().unwrap_or_else(|e| e.into_inner());
+            if fetch.levels != levels {
+                *fetch = FetchStatement {
+                    levels,
+                    sql: fetch_sql(levels).into(),
+                };
+            }
+            fetch.sql.clone()
+        };
+        let mut query = sqlx::query_as(AssertSqlSafe(&*sql))
+            .bind(worker.name())
+            .bind(now)
+            .bind(BATCH as i64);
+        if levels.count_ones() > 1 {
+            query = query.bind(self.aging.step_ms());
+        }
+        let mut rows: Vec<(String, Vec<u8>, i64, i64)> = query.fetch_all(&self.pool).await?;
         // `RETURNING` keeps no order: the worker starts the most urgent first.
         rows.sort_by_cached_key(|(id, _, priority, due)| {
             let (level, due) = self.aging.lifted(priority_within(*priority), *due, now);
@@ -405,7 +506,7 @@ mod tests {
             .await
             .expect("an earlier task");
 
-        let mut queue = SqliteQueue::open(pool.clone(), Aging::default())
+        let mut queue = SqliteQueue::open(pool.clone(), Aging::default(), TaskLevels::default())
             .await
             .expect("opens");
         let indexes: Vec<String> = sqlx::query_scalar(
@@ -426,7 +527,9 @@ mod tests {
             })
         };
         let (low, normal, high) = (task(1), task(5), task(9));
-        insert(&pool, &[&low, &normal, &high]).await.expect("push");
+        insert(&pool, &queue.levels, &[&low, &normal, &high])
+            .await
+            .expect("push");
         let fetched: Vec<String> = queue
             .fetch_next(&WorkerContext::new("w"))
             .await
@@ -437,5 +540,71 @@ mod tests {
         // The earlier task has the middle level and has waited for ever: aging lifted it to
         // 9, counting from 4 steps after it was due, before any task pushed now.
         assert_eq!(fetched, [earlier, high.id, normal.id, low.id]);
+    }
+
+    fn task(priority: u8) -> Row {
+        sqlite_row(&QueuedJob {
+            job_id: crate::model::new_job_id(),
+            delivery: 1,
+            run_at: None,
+            priority,
+        })
+    }
+
+    async fn fetch_ids(queue: &mut SqliteQueue) -> Vec<String> {
+        queue
+            .fetch_next(&WorkerContext::new("w"))
+            .await
+            .expect("fetch")
+            .iter()
+            .filter_map(|task| task.task_id().map(ToString::to_string))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_fetch_seeks_only_the_levels_the_table_can_hold() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pool = crate::db::sqlite(SqliteConnectOptions::new().filename(dir.path().join("q.db")))
+            .await
+            .expect("pool");
+        let mut queue = SqliteQueue::open(pool.clone(), Aging::default(), TaskLevels::default())
+            .await
+            .expect("opens");
+        // Nothing but the default level: one plain seek, in order of due time.
+        assert_eq!(queue.levels.bits(), 1 << DEFAULT_PRIORITY);
+        assert!(!fetch_sql(queue.levels.bits()).contains("UNION"));
+        let (first, second) = (Row { due: 1_000, ..task(5) }, Row { due: 2_000, ..task(5) });
+        insert(&pool, &queue.levels, &[&second, &first])
+            .await
+            .expect("push");
+        assert_eq!(fetch_ids(&mut queue).await, [first.id, second.id]);
+
+        // A task of another level widens the fetch before it is written.
+        let (normal, high) = (task(5), task(9));
+        insert(&pool, &queue.levels, &[&normal, &high])
+            .await
+            .expect("push");
+        assert_eq!(queue.levels.bits(), 1 << 5 | 1 << 9);
+        assert_eq!(fetch_ids(&mut queue).await, [high.id, normal.id]);
+
+        // A task left by an earlier run, of a level this run never wrote, is found at open.
+        let (low, normal) = (task(2), task(5));
+        sqlx::query(
+            "INSERT INTO errand_tasks (id, args, run_at, priority) VALUES ($1, x'7b7d', 0, 2)",
+        )
+        .bind(&low.id)
+        .execute(&pool)
+        .await
+        .expect("an earlier task");
+        let mut reopened =
+            SqliteQueue::open(pool.clone(), Aging::default(), TaskLevels::default())
+                .await
+                .expect("opens again");
+        assert_eq!(reopened.levels.bits(), 1 << 2 | 1 << 5);
+        insert(&pool, &reopened.levels, &[&normal])
+            .await
+            .expect("push");
+        // Due long ago, it has been lifted past the new default task.
+        assert_eq!(fetch_ids(&mut reopened).await, [low.id, normal.id]);
     }
 }

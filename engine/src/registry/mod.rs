@@ -8,6 +8,7 @@
 use crate::db;
 use crate::model::{Job, JobId, JobState, Owner, now_ms};
 use crate::queue::QueuedJob;
+use crate::queue::sqlite_queue::TaskLevels;
 use serde_json::Value;
 // The batched statements are built at run time, but only from placeholders (`$n`), never data.
 use sqlx::postgres::PgPool;
@@ -145,8 +146,8 @@ pub struct Registry {
     db: Db,
     /// Inserts, starts, progress saves and finishes, group-committed (see [`batch`]).
     batches: Arc<Batches>,
-    /// See [`Registry::writes_tasks`].
-    with_tasks: bool,
+    /// See [`Registry::writes_tasks`]: the levels of the tasks written, shared with the queue.
+    tasks: Option<TaskLevels>,
     /// See [`Registry::gate_kinds`].
     gated: Gated,
 }
@@ -158,9 +159,9 @@ type Gated = Arc<std::sync::OnceLock<Vec<String>>>;
 #[derive(Debug, Clone)]
 struct Writer {
     db: Db,
-    /// The queue's table is in this database: a new job's first task is written in the
-    /// transaction that records the job.
-    with_tasks: bool,
+    /// When the queue's table is in this database: a new job's first task is written in the
+    /// transaction that records the job, and its level noted here.
+    tasks: Option<TaskLevels>,
     gated: Gated,
 }
 
@@ -256,7 +257,7 @@ impl Registry {
         if db::is_postgres(url) {
             let pool = db::postgres(url).await?;
             sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-            Ok(Self::with_batches(Db::Postgres(pool), false))
+            Ok(Self::with_batches(Db::Postgres(pool), None))
         } else if db::is_sqlite(url) {
             Self::open_sqlite(SqliteConnectOptions::from_str(url)?).await
         } else {
@@ -270,22 +271,25 @@ impl Registry {
     pub async fn open_with_queue(path: &Path) -> Result<Self, RegistryError> {
         let pool = db::sqlite(SqliteConnectOptions::new().filename(path)).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self::with_batches(Db::Sqlite(pool), true))
+        Ok(Self::with_batches(
+            Db::Sqlite(pool),
+            Some(TaskLevels::default()),
+        ))
     }
 
     async fn open_sqlite(options: SqliteConnectOptions) -> Result<Self, RegistryError> {
         let pool = db::sqlite(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self::with_batches(Db::Sqlite(pool), false))
+        Ok(Self::with_batches(Db::Sqlite(pool), None))
     }
 
     /// A registry on `db` whose inserts, starts, progress saves and finishes go through
     /// batching tasks.
-    fn with_batches(db: Db, with_tasks: bool) -> Self {
+    fn with_batches(db: Db, tasks: Option<TaskLevels>) -> Self {
         let gated = Gated::default();
         let writer = Writer {
             db: db.clone(),
-            with_tasks,
+            tasks: tasks.clone(),
             gated: gated.clone(),
         };
         let batches = Batches {
@@ -298,7 +302,7 @@ impl Registry {
         Self {
             db,
             batches: Arc::new(batches),
-            with_tasks,
+            tasks,
             gated,
         }
     }
@@ -321,7 +325,12 @@ impl Registry {
     /// True when [`Registry::insert`] writes a new job's first task as well (the queue's table
     /// is in this database), so the caller must not push it again.
     pub fn writes_tasks(&self) -> bool {
-        self.with_tasks
+        self.tasks.is_some()
+    }
+
+    /// The levels of the tasks this registry writes, for the queue on the same table.
+    pub(crate) fn task_levels(&self) -> Option<TaskLevels> {
+        self.tasks.clone()
     }
 
     /// The Postgres pool, when the registry is on Postgres (live events travel through it).
@@ -692,9 +701,9 @@ impl Writer {
                 query
             }};
         }
-        let inserted: Vec<String> = match &self.db {
+        let inserted: Vec<String> = match (&self.db, &self.tasks) {
             // The job and its first task, in one transaction.
-            Db::Sqlite(pool) if self.with_tasks => {
+            (Db::Sqlite(pool), Some(levels)) => {
                 let mut tx = db::write_transaction(pool).await?;
                 let inserted: Vec<String> = bind_jobs!().fetch_all(&mut *tx).await?;
                 let new: std::collections::HashSet<&str> =
@@ -704,8 +713,12 @@ impl Writer {
                     .filter(|job| new.contains(job.id.to_string().as_str()))
                     .map(|job| crate::queue::sqlite_row(&QueuedJob::of(job)))
                     .collect();
-                crate::queue::sqlite_queue::insert_in(&mut tx, &rows.iter().collect::<Vec<_>>())
-                    .await?;
+                crate::queue::sqlite_queue::insert_in(
+                    &mut tx,
+                    levels,
+                    &rows.iter().collect::<Vec<_>>(),
+                )
+                .await?;
                 tx.commit().await?;
                 inserted
             }

@@ -83,7 +83,8 @@ impl TaskLevels {
     /// fetch that begins after the write seeks its level; one already under way may miss it,
     /// as it may miss any push that commits meanwhile (the push's wake-up looks again soon).
     fn add(&self, priority: u8) {
-        self.0.fetch_or(1 << priority_within(i64::from(priority)), Ordering::Relaxed);
+        self.0
+            .fetch_or(1 << priority_within(i64::from(priority)), Ordering::Relaxed);
     }
 
     /// The levels as a bit set (bit `n` for level `n`).
@@ -573,7 +574,16 @@ mod tests {
         // Nothing but the default level: one plain seek, in order of due time.
         assert_eq!(queue.levels.bits(), 1 << DEFAULT_PRIORITY);
         assert!(!fetch_sql(queue.levels.bits()).contains("UNION"));
-        let (first, second) = (Row { due: 1_000, ..task(5) }, Row { due: 2_000, ..task(5) });
+        let (first, second) = (
+            Row {
+                due: 1_000,
+                ..task(5)
+            },
+            Row {
+                due: 2_000,
+                ..task(5)
+            },
+        );
         insert(&pool, &queue.levels, &[&second, &first])
             .await
             .expect("push");
@@ -587,7 +597,8 @@ mod tests {
         assert_eq!(queue.levels.bits(), 1 << 5 | 1 << 9);
         assert_eq!(fetch_ids(&mut queue).await, [high.id, normal.id]);
 
-        // A task left by an earlier run, of a level this run never wrote, is found at open.
+        // A task left by an earlier run, of a level this run never wrote, is found at open, as
+        // are the levels of fetched tasks.
         let (low, normal) = (task(2), task(5));
         sqlx::query(
             "INSERT INTO errand_tasks (id, args, run_at, priority) VALUES ($1, x'7b7d', 0, 2)",
@@ -596,11 +607,11 @@ mod tests {
         .execute(&pool)
         .await
         .expect("an earlier task");
-        let mut reopened =
-            SqliteQueue::open(pool.clone(), Aging::default(), TaskLevels::default())
-                .await
-                .expect("opens again");
-        assert_eq!(reopened.levels.bits(), 1 << 2 | 1 << 5);
+        let mut reopened = SqliteQueue::open(pool.clone(), Aging::default(), TaskLevels::default())
+            .await
+            .expect("opens again");
+        // Level 9 too: its task is still out with the first worker.
+        assert_eq!(reopened.levels.bits(), 1 << 2 | 1 << 5 | 1 << 9);
         insert(&pool, &reopened.levels, &[&normal])
             .await
             .expect("push");

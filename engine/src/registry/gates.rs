@@ -102,9 +102,6 @@ impl Registry {
             job_columns!()
         );
         let admission = with_key_locked!(self, key, tx => 'gate: {
-            // Read once the key is locked: the start time recorded is after every finish that
-            // freed its slot.
-            let now = now_ms();
             let row: Option<(i64, Option<i64>)> =
                 sqlx::query_as(read).bind(&id).fetch_optional(&mut *tx).await?;
             let Some((_, reserved)) = row.filter(|(current, _)| *current == delivery) else {
@@ -117,6 +114,10 @@ impl Registry {
                     break 'gate Admission::Full { busy: busy as u32 };
                 }
             }
+            // Read once the key is locked and its running jobs counted: a finish that freed a
+            // slot committed before the count (finishes do not take the key's lock), so the
+            // start time recorded is after its finish time.
+            let now = now_ms();
             if let Some(rate) = rule.rate {
                 let slot = match reserved {
                     // Its slot came (it was reserved when the job first came too early).

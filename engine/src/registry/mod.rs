@@ -469,8 +469,8 @@ impl Registry {
 
     /// Queued jobs that entered the queue no later than `before` (unix ms) and were due by then:
     /// the reconciler checks that a task covers each. "No later", so that a check with no grace
-    /// (`before` = now) also covers a job queued in the same millisecond. In the order they were queued, after `from`
-    /// (a page's last `(queued_at, id)`), at most `limit`.
+    /// (`before` = now) also covers a job queued in the same millisecond. In the order they were
+    /// queued, after `from` (a page's last `(queued_at, id)`), at most `limit`.
     pub async fn overdue(
         &self,
         before: i64,

@@ -507,9 +507,7 @@ mod tests {
             .await
             .expect("an earlier task");
 
-        let mut queue = SqliteQueue::open(pool.clone(), Aging::default(), TaskLevels::default())
-            .await
-            .expect("opens");
+        let mut queue = open_queue(&pool).await;
         let indexes: Vec<String> = sqlx::query_scalar(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'errand_tasks' \
              AND sql IS NOT NULL ORDER BY name",
@@ -519,28 +517,23 @@ mod tests {
         .expect("indexes");
         assert_eq!(indexes, ["errand_tasks_fetched", "errand_tasks_ready"]);
 
-        let task = |priority| {
-            sqlite_row(&QueuedJob {
-                job_id: crate::model::new_job_id(),
-                delivery: 1,
-                run_at: None,
-                priority,
-            })
-        };
         let (low, normal, high) = (task(1), task(5), task(9));
         insert(&pool, &queue.levels, &[&low, &normal, &high])
             .await
             .expect("push");
-        let fetched: Vec<String> = queue
-            .fetch_next(&WorkerContext::new("w"))
-            .await
-            .expect("fetch")
-            .iter()
-            .filter_map(|task| task.task_id().map(ToString::to_string))
-            .collect();
         // The earlier task has the middle level and has waited for ever: aging lifted it to
         // 9, counting from 4 steps after it was due, before any task pushed now.
-        assert_eq!(fetched, [earlier, high.id, normal.id, low.id]);
+        assert_eq!(
+            fetch_ids(&mut queue).await,
+            [earlier, high.id, normal.id, low.id]
+        );
+    }
+
+    /// A queue on `pool` with the default aging, finding its levels in the table.
+    async fn open_queue(pool: &SqlitePool) -> SqliteQueue {
+        SqliteQueue::open(pool.clone(), Aging::default(), TaskLevels::default())
+            .await
+            .expect("opens")
     }
 
     fn task(priority: u8) -> Row {
@@ -568,9 +561,7 @@ mod tests {
         let pool = crate::db::sqlite(SqliteConnectOptions::new().filename(dir.path().join("q.db")))
             .await
             .expect("pool");
-        let mut queue = SqliteQueue::open(pool.clone(), Aging::default(), TaskLevels::default())
-            .await
-            .expect("opens");
+        let mut queue = open_queue(&pool).await;
         // Nothing but the default level: one plain seek, in order of due time.
         assert_eq!(queue.levels.bits(), 1 << DEFAULT_PRIORITY);
         assert!(!fetch_sql(queue.levels.bits()).contains("UNION"));
@@ -607,9 +598,7 @@ mod tests {
         .execute(&pool)
         .await
         .expect("an earlier task");
-        let mut reopened = SqliteQueue::open(pool.clone(), Aging::default(), TaskLevels::default())
-            .await
-            .expect("opens again");
+        let mut reopened = open_queue(&pool).await;
         // Level 9 too: its task is still out with the first worker.
         assert_eq!(reopened.levels.bits(), 1 << 2 | 1 << 5 | 1 << 9);
         insert(&pool, &reopened.levels, &[&normal])

@@ -43,7 +43,8 @@ struct Args {
     /// The errand binary to measure (default: $CARGO_TARGET_DIR/release/errand).
     #[arg(long)]
     errand: Option<PathBuf>,
-    /// Folder errand runs in (it serves `target/site` from there).
+    /// Folder errand runs in (a build that does not carry its site serves `target/site` from
+    /// there; `errand --version` tells).
     #[arg(long, default_value = ".")]
     workdir: PathBuf,
     #[arg(long, value_enum, default_value = "full")]

@@ -5,9 +5,16 @@ use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// The version and the commit the binary was built from (`errand --version`).
-pub(crate) const VERSION: &str =
-    concat!(env!("CARGO_PKG_VERSION"), " (", env!("ERRAND_COMMIT"), ")");
+/// The version, the commit the binary was built from and whether it carries the site
+/// (`errand --version`).
+pub(crate) const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("ERRAND_COMMIT"),
+    ", ",
+    env!("ERRAND_SITE"),
+    ")"
+);
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -40,7 +47,8 @@ pub struct Config {
     #[arg(long, env = "ERRAND_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
 
-    /// Folder holding the built browser assets (`pkg/`), as cargo-leptos writes them.
+    /// Folder holding the built browser assets (`pkg/`), as cargo-leptos writes them; only
+    /// for builds that do not carry the site (debug builds; `errand --version` tells).
     #[arg(long, env = "LEPTOS_SITE_ROOT", default_value = "target/site")]
     pub site_root: PathBuf,
 

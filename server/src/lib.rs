@@ -168,10 +168,10 @@ impl Application {
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("could not listen on {}", config.addr))?;
-        let assets = Assets::of_this_build(OUTPUT_NAME);
+        let assets = Assets::of_this_build(OUTPUT_NAME, &config.site_root, &config.data_dir)?;
         let mut leptos_options = LeptosOptions::builder()
             .output_name(OUTPUT_NAME)
-            .site_root(config.site_root.to_string_lossy().into_owned())
+            .site_root(assets.site_root().to_string_lossy().into_owned())
             .site_pkg_dir("pkg")
             .site_addr(listener.local_addr()?)
             .build();
@@ -212,7 +212,7 @@ impl Application {
             },
             metrics_here: config.metrics_addr.is_none(),
         };
-        Ok((listener, router(state, guards, &assets, &config.site_root)))
+        Ok((listener, router(state, guards, &assets)))
     }
 
     /// The address of `/metrics`, `/healthz` and `/readyz` when they have one of their own.
@@ -397,7 +397,7 @@ fn probe_routes(readiness: health::Readiness) -> Router {
 
 /// The routes, with (from the outside in) tracing, the security headers, the cross-site check,
 /// the session, and the rate limits.
-fn router(state: AppState, guards: Guards, assets: &Assets, site_root: &Path) -> Router {
+fn router(state: AppState, guards: Guards, assets: &Assets) -> Router {
     let pages = generate_route_list(App);
     let engine = state.engine.clone();
     let options = state.leptos_options.clone();
@@ -418,7 +418,7 @@ fn router(state: AppState, guards: Guards, assets: &Assets, site_root: &Path) ->
         );
     }
     let routes = routes
-        .merge(assets.routes(site_root))
+        .merge(assets.routes())
         .leptos_routes_with_context(&state, pages, move || provide_context(engine.clone()), page)
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(
             move |options| shell(options, stylesheet.clone()),

@@ -7,7 +7,6 @@
 //!   tests, clippy, a plain `cargo build`) get an empty table and read the site from disk.
 
 use std::collections::hash_map::DefaultHasher;
-use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
@@ -120,7 +119,7 @@ fn built_site(out_dir: &Path) -> Result<String, String> {
         "pub(crate) static SITE: Option<crate::assets::EmbeddedSite> = \
          Some(crate::assets::EmbeddedSite {\n",
     );
-    writeln!(code, "    hashes: {hashes:?},\n    files: &[").unwrap();
+    code.push_str(&format!("    hashes: {hashes:?},\n    files: &[\n"));
     for name in &names {
         let path = pkg.join(name);
         let raw = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -136,16 +135,14 @@ fn built_site(out_dir: &Path) -> Result<String, String> {
                 false => "None".to_owned(),
             }
         };
-        writeln!(
-            code,
+        code.push_str(&format!(
             "        crate::assets::EmbeddedFile {{ name: {name:?}, tag: \"{:016x}\", \
-             raw: include_bytes!({:?}), br: {}, gzip: {} }},",
+             raw: include_bytes!({:?}), br: {}, gzip: {} }},\n",
             hasher.finish(),
             path.display().to_string(),
             variant("br"),
             variant("gz"),
-        )
-        .unwrap();
+        ));
     }
     code.push_str("    ],\n});\n");
     Ok(code)

@@ -11,6 +11,7 @@ mod priorities;
 mod scenarios;
 mod server;
 mod stats;
+mod vitals;
 
 use clap::{Parser, ValueEnum};
 use serde_json::{Value, json};
@@ -37,7 +38,7 @@ enum Scale {
 
 #[derive(Debug, Parser)]
 #[command(
-    about = "Measure errand: enqueue rate, latency, pickup, drain, push, fan-out, memory, page weight, faults, the console at size, what limits and priorities cost."
+    about = "Measure errand: enqueue rate, latency, pickup, drain, push, fan-out, memory, page weight, faults, the console at size, what limits and priorities cost, web vitals in Chromium."
 )]
 struct Args {
     /// The errand binary to measure (default: $CARGO_TARGET_DIR/release/errand).
@@ -49,7 +50,7 @@ struct Args {
     workdir: PathBuf,
     #[arg(long, value_enum, default_value = "full")]
     scale: Scale,
-    /// Only these scenarios (numbers 1–13); all when not given.
+    /// Only these scenarios (numbers 1–14); all when not given.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Also write the results as JSON here.
@@ -182,6 +183,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if pick(13) {
         rows.push(priorities::cost(&cx, drain).await?);
+    }
+    if pick(14) {
+        rows.push(vitals::web_vitals(&cx, if full { 5 } else { 1 }).await?);
     }
 
     println!("\n| scenario | result |\n|---|---|");

@@ -382,43 +382,44 @@ mod tests {
         }
         router
             .clone()
-            .oneshot(request.body(Body::empty()).unwrap())
+            .oneshot(request.body(Body::empty()).expect("a request"))
             .await
-            .unwrap()
+            .expect("the router answers")
     }
 
     async fn body(response: Response) -> Vec<u8> {
         axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
-            .unwrap()
+            .expect("a body")
             .to_vec()
     }
 
-    fn header<'a>(response: &'a Response, name: header::HeaderName) -> Option<&'a str> {
-        response.headers().get(name).map(|v| v.to_str().unwrap())
+    fn header(response: &Response, name: header::HeaderName) -> Option<&str> {
+        response.headers().get(name).and_then(|v| v.to_str().ok())
     }
 
     #[tokio::test]
     async fn an_embedded_site_is_written_for_leptos_and_served_from_memory() {
-        let data = tempfile::tempdir().unwrap();
-        let assets = Assets::embedded("errand", &SITE_FOR_TESTS, data.path()).unwrap();
+        let data = tempfile::tempdir().expect("a temporary dir");
+        let assets = Assets::embedded("errand", &SITE_FOR_TESTS, data.path()).expect("written");
         // What Leptos reads from disk: the hash file and the split manifest, per build.
         let folder = data.path().join("site").join("BBB");
         assert_eq!(assets.hash_file(), Some(folder.join("hash.txt").as_path()));
-        assert!(assets.hash_file().unwrap().is_absolute());
+        assert!(assets.hash_file().is_some_and(Path::is_absolute));
         assert_eq!(
-            std::fs::read_to_string(folder.join("hash.txt")).unwrap(),
+            std::fs::read_to_string(folder.join("hash.txt")).expect("hash.txt"),
             SITE_FOR_TESTS.hashes
         );
         assert_eq!(assets.site_root(), folder.join("root"));
         assert_eq!(
-            std::fs::read(folder.join("root/pkg/__wasm_split_manifest.MMM.json")).unwrap(),
+            std::fs::read(folder.join("root/pkg/__wasm_split_manifest.MMM.json"))
+                .expect("manifest"),
             b"{\"console\":[]}"
         );
         assert_eq!(assets.stylesheet(), "/pkg/errand.CCC.css");
         // A second start (or a second process) on the same data dir finds them in place.
-        Assets::embedded("errand", &SITE_FOR_TESTS, data.path()).unwrap();
-        let left: Vec<_> = std::fs::read_dir(&folder).unwrap().collect();
+        Assets::embedded("errand", &SITE_FOR_TESTS, data.path()).expect("written");
+        let left: Vec<_> = std::fs::read_dir(&folder).expect("the folder").collect();
         assert_eq!(
             left.len(),
             2,
@@ -459,7 +460,7 @@ mod tests {
         assert_eq!(header(&gzip, header::CONTENT_ENCODING), Some("gzip"));
         assert_eq!(header(&gzip, header::CACHE_CONTROL), Some(REVALIDATE));
         assert_eq!(header(&gzip, header::CONTENT_TYPE), Some("text/javascript"));
-        let etag = header(&gzip, header::ETAG).unwrap().to_owned();
+        let etag = header(&gzip, header::ETAG).expect("an ETag").to_owned();
         assert_eq!(body(gzip).await, b"entry script as gzip");
         let again = get(
             &router,
@@ -498,7 +499,7 @@ mod tests {
             let mut headers = HeaderMap::new();
             headers.insert(
                 header::ACCEPT_ENCODING,
-                HeaderValue::from_str(value).unwrap(),
+                HeaderValue::from_str(value).expect("a header value"),
             );
             accepts(&headers, coding)
         };

@@ -30,7 +30,6 @@ use security::SiteOrigin;
 use session::Sessions;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use throttle::Throttle;

@@ -147,4 +147,22 @@ test.describe("job lifecycle from the list", () => {
     await expect(row.getByTestId("job-row-state")).toHaveText("cancelled", { timeout: 3_000 });
     await expect(row.getByTestId("job-row-cancel")).toHaveCount(0);
   });
+
+  test("on a first visit, /jobs shows live a job started from another tab", async ({ page }) => {
+    // A fresh browser: no session yet, and opening /jobs (a GET) does not start one.
+    await page.goto("/jobs");
+    await waitForHydration(page);
+    await expect(page.getByTestId("job-list-empty")).toBeVisible();
+    // The list starts the session before it subscribes; the other tab must then share it.
+    await expect
+      .poll(async () => (await page.context().cookies()).some((c) => c.name === "errand_session"))
+      .toBe(true);
+    const tab = await page.context().newPage();
+    await tab.goto("/");
+    await waitForHydration(tab);
+    const id = await startJobViaForm(tab, 2_000, 4);
+    const row = page.locator(`[data-testid="job-row"][data-job-id="${id}"]`);
+    await expect(row).toBeVisible({ timeout: 5_000 });
+    await expect(row.getByTestId("job-row-state")).toHaveText("succeeded", { timeout: 10_000 });
+  });
 });

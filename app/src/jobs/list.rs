@@ -103,7 +103,30 @@ fn subscribe(jobs: RwSignal<Vec<JobView>>) {
             }
         });
     });
-    watch("/api/jobs/events".into(), &[event::JOB], on_event, poll);
+    if !jobs.read_untracked().is_empty() {
+        watch("/api/jobs/events".into(), &[event::JOB], on_event, poll);
+        return;
+    }
+    // No jobs: perhaps a first visit, with no session yet. A GET (this page, the event stream)
+    // never starts one, so the stream would watch a session no later job belongs to, and jobs
+    // started from another tab would never appear. `list_jobs` is a POST, which starts the
+    // session (as `POST /api/session` does for API clients); the stream opens after it.
+    let owner = Owner::current();
+    leptos::task::spawn_local(async move {
+        if let Ok(list) = list_jobs(None).await {
+            jobs.try_update(|jobs| {
+                for job in list.jobs.into_iter().rev() {
+                    upsert(jobs, job);
+                }
+            });
+        }
+        // Unless the page was left meanwhile: its cleanup closes the stream.
+        if jobs.try_get_untracked().is_some()
+            && let Some(owner) = owner
+        {
+            owner.with(|| watch("/api/jobs/events".into(), &[event::JOB], on_event, poll));
+        }
+    });
 }
 
 #[cfg(test)]

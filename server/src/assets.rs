@@ -35,7 +35,6 @@ use tower_http::services::ServeDir;
 include!(concat!(env!("OUT_DIR"), "/site.rs"));
 
 /// A site built into the binary.
-#[derive(Debug)]
 pub(crate) struct EmbeddedSite {
     /// The text of the build's `hash.txt`.
     pub(crate) hashes: &'static str,
@@ -44,7 +43,6 @@ pub(crate) struct EmbeddedSite {
 }
 
 /// One file of `pkg/` and its pre-compressed copies.
-#[derive(Debug)]
 pub(crate) struct EmbeddedFile {
     pub(crate) name: &'static str,
     /// A hash of the content, for the `ETag`.
@@ -52,6 +50,15 @@ pub(crate) struct EmbeddedFile {
     pub(crate) raw: &'static [u8],
     pub(crate) br: Option<&'static [u8]>,
     pub(crate) gzip: Option<&'static [u8]>,
+}
+
+/// Names and sizes only: a debug print of `Assets` must not dump megabytes of WASM.
+impl std::fmt::Debug for EmbeddedSite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.files.iter().map(|file| (file.name, file.raw.len())))
+            .finish()
+    }
 }
 
 /// Where the assets are and what this build named them.
@@ -417,6 +424,12 @@ mod tests {
             b"{\"console\":[]}"
         );
         assert_eq!(assets.stylesheet(), "/pkg/errand.CCC.css");
+        let printed = format!("{assets:?}");
+        assert!(printed.contains("\"errand.AAA.js\": 12"), "{printed}");
+        assert!(
+            !printed.contains("101, 110, 116"),
+            "no bytes in a debug print: {printed}"
+        );
         // A second start (or a second process) on the same data dir finds them in place.
         Assets::embedded("errand", &SITE_FOR_TESTS, data.path()).expect("written");
         let left: Vec<_> = std::fs::read_dir(&folder).expect("the folder").collect();

@@ -76,6 +76,13 @@ ensure_chromium() {
   apt_install chromium
 }
 
+# wrk, the C load generator of the benchmark tool's enqueue scenario (Debian's package).
+ensure_wrk() {
+  if command -v wrk >/dev/null; then return; fi
+  log "installing wrk (HTTP load generator) for the benchmark tool"
+  apt_install wrk
+}
+
 # Is something listening on 127.0.0.1:$1?
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 

@@ -12,6 +12,7 @@ mod scenarios;
 mod server;
 mod stats;
 mod vitals;
+mod wrk;
 
 use clap::{Parser, ValueEnum};
 use serde_json::{Value, json};
@@ -145,6 +146,8 @@ async fn main() -> anyhow::Result<()> {
     if pick(1) {
         rows.push(scenarios::enqueue(&cx, enqueue, 32).await?);
         rows.push(scenarios::enqueue(&cx, enqueue, 256).await?);
+        let seconds = if full { 10 } else { 2 };
+        rows.push(wrk::enqueue(&cx, std::time::Duration::from_secs(seconds), 256).await?);
     }
     if pick(2) {
         rows.push(scenarios::end_to_end(&cx, e2e, true).await?);

@@ -142,11 +142,10 @@ impl Console {
     /// tell which roles exist), off the async threads, two at a time. `Err` with a wait when
     /// the address tried too often.
     async fn check(&self, address: IpAddr, password: String) -> Result<Option<Role>, Duration> {
-        use governor::clock::{Clock, DefaultClock};
-        let now = DefaultClock::default().now();
+        use governor::clock::Clock;
         self.per_address
             .check_key(&address)
-            .map_err(|late| late.wait_time_from(now))?;
+            .map_err(|late| late.wait_time_from(self.per_address.clock().now()))?;
         let Ok(_turn) = self.hashing.acquire().await else {
             return Ok(None);
         };

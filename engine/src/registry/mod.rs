@@ -667,14 +667,17 @@ impl Writer {
 
     /// [`Registry::insert`] for many jobs in one statement; answers in order.
     async fn insert_all(&self, jobs: Vec<Job>) -> Result<Vec<Option<Job>>, RegistryError> {
+        let values = match &self.db {
+            Db::Sqlite(_) => batch::anonymous_values(jobs.len(), 16),
+            Db::Postgres(_) => batch::values(jobs.len(), 16, 1),
+        };
         let sql = format!(
             "INSERT INTO jobs (id, owner, kind, params, state, attempts, created_at, \
              max_attempts, run_at, delivery, retry_of, idempotency_key, queued_at, upload, \
              stage, priority) \
-             VALUES {} \
+             VALUES {values} \
              ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
-             RETURNING id",
-            batch::values(jobs.len(), 16, 1)
+             RETURNING id"
         );
         macro_rules! bind_jobs {
             () => {{

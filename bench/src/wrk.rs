@@ -42,6 +42,8 @@ pub(crate) async fn enqueue(
         .arg("-t2")
         .arg(format!("-c{connections}"))
         .arg(format!("-d{}s", duration.as_secs()))
+        // A slow answer is a latency to report, not a socket error (wrk's own limit is 2 s).
+        .arg("--timeout=10s")
         .arg("--latency")
         .arg("-s")
         .arg(script.path())

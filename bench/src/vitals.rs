@@ -28,6 +28,13 @@ pub(crate) async fn web_vitals(cx: &Context, runs: usize) -> anyhow::Result<Row>
     );
     let figures: Value = serde_json::from_slice(&output.stdout)
         .with_context(|| format!("{} printed no JSON", script.display()))?;
+    // What the pages did wrong (console errors, page errors, failed or 4xx/5xx requests)
+    // makes the figures worthless: a page that failed to load an asset is light and fast.
+    let problems = figures
+        .get("problems")
+        .and_then(Value::as_array)
+        .context("no problems list in the script's figures")?;
+    ensure!(problems.is_empty(), "the pages had problems: {problems:?}");
     let ms = |pointer: &str| {
         figures
             .pointer(pointer)

@@ -1,4 +1,5 @@
 import { defineConfig } from "@playwright/test";
+import { chromiumLaunchOptions } from "./chromium.mjs";
 
 // The server is started by someone else (`cargo leptos end-to-end`, or by hand); global-setup.ts
 // waits until it answers.
@@ -29,18 +30,7 @@ export default defineConfig({
         browserName: "chromium",
         viewport: { width: 1280, height: 800 },
         // Debian's Chromium: Playwright's own browser builds cannot be downloaded here.
-        launchOptions: {
-          executablePath: process.env.CHROMIUM_PATH ?? "/usr/bin/chromium",
-          args: [
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-          ],
-        },
+        launchOptions: chromiumLaunchOptions,
       },
     },
   ],

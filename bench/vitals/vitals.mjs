@@ -30,18 +30,9 @@
 // - problems: console errors, page errors and failed or 4xx/5xx requests seen on any page.
 import { parseArgs } from "node:util";
 import { chromium } from "@playwright/test";
+import { chromiumLaunchOptions } from "../../end2end/chromium.mjs";
 
 const TARGETS = { ttfb_ms: 5, lcp_ms: 300, inp_ms: 50, long_task_ms: 50 };
-// As end2end/playwright.config.ts launches Debian's Chromium.
-const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 const HYDRATION_TIMEOUT_MS = 30_000;
 const JOB_PAGE_JOB = { kind: "sleep", params: { ms: 2000, steps: 10 } };
 const STREAM_JOBS = 10;
@@ -321,10 +312,7 @@ async function measureInteraction(context) {
 }
 
 async function measure(origin, runs) {
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM_PATH ?? "/usr/bin/chromium",
-    args: CHROMIUM_ARGS,
-  });
+  const browser = await chromium.launch(chromiumLaunchOptions);
   try {
     const context = await browser.newContext({ baseURL: origin, viewport: { width: 1280, height: 800 } });
     const problems = [];

@@ -103,8 +103,9 @@ fn subscribe(jobs: RwSignal<Vec<JobView>>) {
             }
         });
     });
+    let open = move || watch("/api/jobs/events".into(), &[event::JOB], on_event, poll);
     if !jobs.read_untracked().is_empty() {
-        watch("/api/jobs/events".into(), &[event::JOB], on_event, poll);
+        open();
         return;
     }
     // No jobs: perhaps a first visit, with no session yet. A GET (this page, the event stream)
@@ -124,7 +125,7 @@ fn subscribe(jobs: RwSignal<Vec<JobView>>) {
         if jobs.try_get_untracked().is_some()
             && let Some(owner) = owner
         {
-            owner.with(|| watch("/api/jobs/events".into(), &[event::JOB], on_event, poll));
+            owner.with(open);
         }
     });
 }

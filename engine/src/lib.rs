@@ -316,6 +316,13 @@ impl Engine {
                 let queue = Queue::in_registry(&registry, &queue_file).await?;
                 (registry, queue)
             }
+            // Registry and queue in one Postgres database: a submit is one transaction there
+            // too.
+            (Some(database), Some(queue)) if database == queue && db::is_postgres(database) => {
+                let registry = Registry::connect_with_queue(database).await?;
+                let queue = Queue::connect(queue).await?;
+                (registry, queue)
+            }
             (database, queue) => {
                 let registry = match database {
                     Some(url) => Registry::connect(url).await?,

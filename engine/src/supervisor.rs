@@ -151,9 +151,6 @@ impl Engine {
             if let Err(err) = self.reconcile(STRANDED_AFTER).await {
                 tracing::error!(%err, "could not reconcile the registry with the queue");
             }
-            if let Err(err) = self.queue().age().await {
-                tracing::error!(%err, "could not raise the priority of long-waiting tasks");
-            }
             if self.is_shared() {
                 let silent_for = Some(queue::ORPHANED_AFTER);
                 match self.recover_orphans(silent_for).await {

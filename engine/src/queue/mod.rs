@@ -1,5 +1,5 @@
-//! The queue: apalis on Errand's own SQLite storage (the default, a file in the data dir),
-//! apalis-postgres, or Errand's own Redis storage (both shared by several processes). Only job
+//! The queue: apalis on one of Errand's own storages: SQLite (the default, in the registry's file
+//! in the data dir), Postgres or Redis (both shared by several processes). Only job
 //! ids travel through it; everything a person sees lives in the registry. The queue name is a fixed string, never apalis's default of
 //! the Rust type path, so renaming a type cannot orphan queued jobs.
 //!
@@ -17,21 +17,22 @@ use crate::model::{DEFAULT_PRIORITY, Job, JobId, PRIORITIES, priority_within};
 use crate::registry::Overdue;
 use apalis::prelude::*;
 use apalis_core::backend::persistence::Persistence;
-use apalis_postgres::{PgPool, PostgresStorage, Pubsub};
-use futures::StreamExt;
+use postgres_queue::{PostgresQueue, PostgresQueueError};
 use redis_queue::{RedisQueue, RedisQueueError};
 use serde::{Deserialize, Serialize};
 use sqlite_queue::{SqliteQueue, SqliteQueueError, TaskLevels};
-use sqlx::SqlitePool;
 use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{PgPool, SqlitePool};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use storage::PersistedStorage;
+pub(crate) use storage::Row;
 use tokio::sync::Notify;
 use wake::{WakeUps, notified};
 
+pub(crate) mod postgres_queue;
 mod redis_queue;
 pub(crate) mod sqlite_queue;
 mod storage;
@@ -39,6 +40,9 @@ mod wake;
 
 /// Errand's SQLite storage as a worker consumes it.
 type SqliteStorage = PersistedStorage<SqliteQueue, QueuedJob>;
+
+/// Errand's Postgres storage as a worker consumes it.
+type PostgresStorage = PersistedStorage<PostgresQueue, QueuedJob>;
 
 /// Errand's Redis storage as a worker consumes it.
 type RedisStorage = PersistedStorage<RedisQueue, QueuedJob>;
@@ -153,6 +157,8 @@ pub enum QueueError {
     #[error("queue storage error: {0}")]
     Storage(String),
     #[error(transparent)]
+    Postgres(#[from] PostgresQueueError),
+    #[error(transparent)]
     Redis(#[from] RedisQueueError),
     #[error(transparent)]
     Sqlite(#[from] SqliteQueueError),
@@ -172,7 +178,7 @@ pub struct Queue {
 #[derive(Clone)]
 pub(crate) enum Storage {
     Sqlite(SqliteStorage),
-    Postgres(PostgresStorage<QueuedJob>),
+    Postgres(PostgresStorage),
     Redis(RedisStorage),
 }
 
@@ -180,7 +186,7 @@ impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Storage::Sqlite(storage) => storage.fmt(f),
-            Storage::Postgres(_) => f.write_str("PostgresStorage"),
+            Storage::Postgres(storage) => storage.fmt(f),
             Storage::Redis(storage) => storage.fmt(f),
         }
     }
@@ -251,28 +257,15 @@ impl Queue {
     }
 
     async fn open_postgres(pool: PgPool) -> Result<Self, QueueError> {
-        PostgresStorage::setup(&pool)
-            .await
-            .map_err(|e| QueueError::Storage(e.to_string()))?;
-        // Errand recovers a dead worker's jobs itself (see `Engine::recover_orphans`); apalis's
-        // own recovery only has to hand back its tasks, which Errand then skips as stale.
-        let config = apalis_postgres::Config::default()
-            .queue(QUEUE_NAME)
-            .heartbeat_interval(HEARTBEAT)
-            .missed_heartbeats(MISSED_HEARTBEATS as usize);
-        // Tasks pushed before Errand had priorities have apalis's default, 0: give them the
-        // middle level, as the registry's migration gives their jobs.
-        sqlx::query(
-            "UPDATE apalis.jobs SET priority = $2 WHERE job_type = $1 AND priority = 0 \
-             AND status IN ('Pending', 'Failed')",
-        )
-        .bind(QUEUE_NAME)
-        .bind(i32::from(DEFAULT_PRIORITY))
-        .execute(&pool)
-        .await?;
+        let aging = Aging::default();
+        let queue = PostgresQueue::open(pool, aging.clone()).await?;
         Ok(Self::with(
-            Storage::Postgres(PostgresStorage::new(&pool).with_config(config)),
-            Aging::default(),
+            Storage::Postgres(PostgresStorage::new(
+                queue,
+                postgres_queue::BATCH,
+                HEARTBEAT,
+            )),
+            aging,
         ))
     }
 
@@ -287,33 +280,6 @@ impl Queue {
     /// Sets how fast waiting lifts a task's priority (see [`Aging`]); 60 s a level unless set.
     pub fn set_aging(&self, step: Duration) {
         self.aging.set(step);
-    }
-
-    /// Applies [`Aging`] to the tasks apalis-postgres holds, whose fetch orders by the stored
-    /// priority: each due task that has waited a step or more is raised by the levels it has
-    /// earned, and its due time moved by as many steps, as Errand's own storages compute at
-    /// each fetch. Called on every heartbeat; a no-op elsewhere. Returns how many it raised.
-    pub(crate) async fn age(&self) -> Result<u64, QueueError> {
-        let Storage::Postgres(storage) = &self.storage else {
-            return Ok(0);
-        };
-        let step = self.aging.step_ms() as f64 / 1000.0;
-        let raised = sqlx::query(
-            "UPDATE apalis.jobs SET priority = priority + lift, \
-                 run_at = run_at + lift * make_interval(secs => $2) \
-             FROM (SELECT id AS lifted_id, LEAST($3 - priority, \
-                       floor(extract(epoch FROM now() - run_at) / $2)::int) AS lift \
-                   FROM apalis.jobs WHERE job_type = $1 AND status = 'Pending' \
-                   AND priority < $3 AND run_at <= now() - make_interval(secs => $2)) AS due \
-             WHERE id = lifted_id AND lift > 0 AND status = 'Pending'",
-        )
-        .bind(QUEUE_NAME)
-        .bind(step)
-        .bind(i32::from(*PRIORITIES.end()))
-        .execute(storage.pool())
-        .await?
-        .rows_affected();
-        Ok(raised)
     }
 
     /// The Redis queue, when the queue is on Redis (live events travel through it).
@@ -344,28 +310,22 @@ impl Queue {
         let mut task = TaskBuilder::new(job)
             .task_id(TaskId::from(task_id))
             // Errand records a job's failures and retries itself; a handler only fails the task
-            // on a storage error, and apalis-postgres may then offer it again (a delivery that
-            // already ran is skipped). Errand's own storages offer such a task again after a
-            // second.
+            // on a storage error, and the storages offer such a task again after a second (a
+            // delivery that already ran is skipped).
             .max_attempts(5);
         if let Some(run_at) = run_at {
             task = task.run_at_timestamp((run_at.max(0) / 1000) as u64);
         }
-        // apalis-postgres orders its fetch by the task's priority; Errand's own storages read it
-        // from the arguments.
-        let task = task.priority(usize::from(job.priority)).build();
+        // The storages read the priority from the arguments.
+        let task = encode(task.build())?;
         match &self.storage {
-            Storage::Postgres(storage) => storage
-                .clone()
-                .push_task(task)
-                .await
-                .map_err(|e| QueueError::Storage(e.to_string()))?,
+            Storage::Postgres(storage) => {
+                storage.persistence().clone().push_tasks(vec![task]).await?;
+            }
             Storage::Sqlite(storage) => {
-                let task = encode(task)?;
                 storage.persistence().clone().push_tasks(vec![task]).await?;
             }
             Storage::Redis(storage) => {
-                let task = encode(task)?;
                 storage.persistence().clone().push_tasks(vec![task]).await?;
             }
         }
@@ -386,27 +346,7 @@ impl Queue {
         let present: Vec<bool> = match &self.storage {
             Storage::Sqlite(storage) => storage.persistence().contains(&ids).await?,
             Storage::Redis(storage) => storage.persistence().contains(&ids).await?,
-            Storage::Postgres(storage) => {
-                // A task apalis-postgres finished or gave up on keeps its row (and id) until
-                // purged: remove those, so that the id can be pushed again.
-                sqlx::query(
-                    "DELETE FROM apalis.jobs WHERE id = ANY($1) AND job_type = $2 \
-                     AND (status IN ('Done', 'Killed') \
-                          OR (status = 'Failed' AND attempts >= max_attempts))",
-                )
-                .bind(&ids)
-                .bind(QUEUE_NAME)
-                .execute(storage.pool())
-                .await?;
-                let live: std::collections::HashSet<String> =
-                    sqlx::query_scalar("SELECT id FROM apalis.jobs WHERE id = ANY($1)")
-                        .bind(&ids)
-                        .fetch_all(storage.pool())
-                        .await?
-                        .into_iter()
-                        .collect();
-                ids.iter().map(|id| live.contains(id)).collect()
-            }
+            Storage::Postgres(storage) => storage.persistence().contains(&ids).await?,
         };
         Ok(jobs
             .iter()
@@ -416,52 +356,23 @@ impl Queue {
             .collect())
     }
 
-    /// Deletes the queue's records of tasks that finished before `before` (unix ms):
-    /// apalis-postgres keeps them forever otherwise (Errand's own SQLite and Redis storages keep
-    /// none). Returns how many.
-    pub async fn purge_finished(&self, before: i64) -> Result<u64, QueueError> {
-        let deleted = match &self.storage {
-            Storage::Sqlite(_) | Storage::Redis(_) => 0,
-            Storage::Postgres(storage) => sqlx::query(
-                "DELETE FROM apalis.jobs WHERE job_type = $1 \
-                 AND status IN ('Done', 'Killed', 'Failed') \
-                 AND done_at IS NOT NULL AND done_at < to_timestamp($2)",
-            )
-            .bind(QUEUE_NAME)
-            .bind(before as f64 / 1000.0)
-            .execute(storage.pool())
-            .await?
-            .rows_affected(),
-        };
-        Ok(deleted)
-    }
-
     /// Checks that the queue's storage answers (one small read).
     pub async fn ping(&self) -> Result<(), QueueError> {
         let probe = [String::new()];
         match &self.storage {
             Storage::Sqlite(storage) => drop(storage.persistence().contains(&probe).await?),
             Storage::Redis(storage) => drop(storage.persistence().contains(&probe).await?),
-            Storage::Postgres(storage) => {
-                sqlx::query("SELECT 1").execute(storage.pool()).await?;
-            }
+            Storage::Postgres(storage) => drop(storage.persistence().contains(&probe).await?),
         }
         Ok(())
     }
 
-    /// How many task records the queue holds, finished ones included (for operators and tests).
+    /// How many tasks the queue holds, waiting or running (for operators and tests).
     pub async fn task_count(&self) -> Result<u64, QueueError> {
         Ok(match &self.storage {
             Storage::Sqlite(storage) => storage.persistence().task_count().await?,
             Storage::Redis(storage) => storage.persistence().task_count().await?,
-            Storage::Postgres(storage) => {
-                let count: i64 =
-                    sqlx::query_scalar("SELECT COUNT(*) FROM apalis.jobs WHERE job_type = $1")
-                        .bind(QUEUE_NAME)
-                        .fetch_one(storage.pool())
-                        .await?;
-                count.max(0) as u64
-            }
+            Storage::Postgres(storage) => storage.persistence().task_count().await?,
         })
     }
 
@@ -476,10 +387,7 @@ impl Queue {
         let mut sources = vec![notified(self.wake.clone())];
         match &self.storage {
             Storage::Sqlite(_) => {}
-            Storage::Postgres(storage) => {
-                let inserts = Pubsub::new(storage.pool().clone(), QUEUE_NAME.to_owned());
-                sources.push(inserts.map(|_| ()).boxed());
-            }
+            Storage::Postgres(storage) => sources.push(storage.persistence().pushes()),
             Storage::Redis(storage) => sources.push(storage.persistence().pushes()),
         }
         WakeUps::new(sources)
@@ -499,15 +407,15 @@ pub(crate) fn task_id(job_id: JobId, delivery: i64) -> ulid::Ulid {
     ulid::Ulid::from_parts(job_id.timestamp_ms(), job_id.random() ^ mix)
 }
 
-/// A delivery's row in the SQLite queue's table, exactly as [`Queue::push`] would store it:
-/// for the registry to write with the job, in one transaction.
-pub(crate) fn sqlite_row(job: &QueuedJob) -> sqlite_queue::Row {
+/// A delivery's row in the SQL queues' table, exactly as [`Queue::push`] would store it: for
+/// the registry to write with the job, in one transaction.
+pub(crate) fn task_row(job: &QueuedJob) -> Row {
     let args = serde_json::to_vec(job).unwrap_or_default();
     // The queue counts whole seconds (see `Queue::push`).
     let due = job
         .run_at
         .map_or_else(crate::model::now_ms, |ms| ms.max(0) / 1000 * 1000);
-    sqlite_queue::Row {
+    Row {
         id: task_id(job.job_id, job.delivery).to_string(),
         args,
         due,

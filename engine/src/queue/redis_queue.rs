@@ -23,8 +23,8 @@
 //! Every script moves a bounded number of ids per call, one command per id, never `unpack`.
 //! A finished task's entry is deleted at once, so the queue holds only live work.
 
-use super::storage::{RETRY_AFTER_ERROR, completed, fetched};
-use super::{Aging, priority_of};
+use super::Aging;
+use super::storage::{RETRY_AFTER_ERROR, completed, fetched, rows_of};
 use crate::model::{PRIORITIES, now_ms};
 use apalis_core::backend::persistence::{Persistence, TaskEvent};
 use apalis_core::task::Task;
@@ -385,17 +385,11 @@ impl Persistence for RedisQueue {
     }
 
     async fn push_tasks(&mut self, tasks: Vec<Task<Vec<u8>>>) -> Result<(), Self::Error> {
-        let now = now_ms();
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for task in &tasks {
-            let id = task
-                .task_id()
-                .map_or_else(|| ulid::Ulid::generate().to_string(), ToString::to_string);
-            pipe.hset(&self.keys.tasks, &id, task.args.as_slice())
-                .ignore();
-            let due = task.run_at().map_or(now, |secs| secs as i64 * 1000);
-            pipe.zadd(self.keys.level(priority_of(&task.args)), &id, due)
+        for task in rows_of(tasks) {
+            pipe.hset(&self.keys.tasks, &task.id, task.args).ignore();
+            pipe.zadd(self.keys.level(task.priority), &task.id, task.due)
                 .ignore();
         }
         pipe.publish(&self.keys.wake, 1).ignore();

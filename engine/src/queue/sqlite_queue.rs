@@ -16,8 +16,8 @@
 //! submit writes the job and its first task in one transaction (see
 //! `Registry::open_with_queue`), so no crash can leave one without the other.
 
-use super::storage::{RETRY_AFTER_ERROR, completed, fetched};
-use super::{Aging, priority_of};
+use super::Aging;
+use super::storage::{GroupCommit, RETRY_AFTER_ERROR, Row, completed, fetched, rows_of};
 use crate::model::{DEFAULT_PRIORITY, PRIORITIES, now_ms, priority_within};
 use apalis_core::backend::persistence::{Persistence, TaskEvent};
 use apalis_core::task::Task;
@@ -26,17 +26,12 @@ use serde_json::Value;
 use sqlx::{AssertSqlSafe, SqlitePool};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
-use tokio::sync::{mpsc, oneshot};
 
 /// How many tasks one fetch claims.
 pub(crate) const BATCH: usize = 32;
 
 /// The most rows one `INSERT` carries (SQLite allows 32,766 parameters; a row takes four).
 const PUSH_ROWS: usize = 1_000;
-
-/// How many pushes may wait for the group commit; when full, pushers wait for room
-/// (back-pressure: a push must not be lost).
-const PUSHES_WAITING: usize = 4_096;
 
 /// A failure of the SQLite queue.
 #[derive(Debug, thiserror::Error)]
@@ -45,24 +40,8 @@ pub enum SqliteQueueError {
     Database(#[from] sqlx::Error),
     #[error("bad task id in the queue: {0}")]
     TaskId(String),
-    #[error("the queue's writer stopped")]
-    WriterGone,
-}
-
-/// A push waiting for the group commit, and who to tell when it is durable.
-struct Pending {
-    rows: Vec<Row>,
-    done: oneshot::Sender<Result<(), String>>,
-}
-
-/// A task as stored.
-pub(crate) struct Row {
-    pub(crate) id: String,
-    /// The task's arguments (JSON).
-    pub(crate) args: Vec<u8>,
-    /// Unix ms.
-    pub(crate) due: i64,
-    pub(crate) priority: u8,
+    #[error("could not write tasks: {0}")]
+    Push(String),
 }
 
 /// The priority levels that tasks in the table may have: the default level, every level found
@@ -107,9 +86,7 @@ pub(crate) struct SqliteQueue {
     levels: TaskLevels,
     /// The fetch for the levels last seen (see [`fetch_sql`]).
     fetch: Arc<std::sync::Mutex<FetchStatement>>,
-    writer: mpsc::Sender<Pending>,
-    /// Keeps the writer running while any handle lives.
-    _writer: Arc<tokio::task::JoinHandle<()>>,
+    writer: GroupCommit,
 }
 
 impl std::fmt::Debug for SqliteQueue {
@@ -184,8 +161,16 @@ impl SqliteQueue {
             levels.add(priority_within(level));
         }
         tx.commit().await?;
-        let (writer, pending) = mpsc::channel(PUSHES_WAITING);
-        let task = tokio::spawn(write(pool.clone(), levels.clone(), pending));
+        let writer = {
+            let (pool, levels) = (pool.clone(), levels.clone());
+            GroupCommit::start(move |rows| {
+                let (pool, levels) = (pool.clone(), levels.clone());
+                async move {
+                    let rows: Vec<&Row> = rows.iter().collect();
+                    insert(&pool, &levels, &rows).await
+                }
+            })
+        };
         let fetch = FetchStatement {
             levels: levels.bits(),
             sql: fetch_sql(levels.bits()).into(),
@@ -196,7 +181,6 @@ impl SqliteQueue {
             levels,
             fetch: Arc::new(std::sync::Mutex::new(fetch)),
             writer,
-            _writer: Arc::new(task),
         })
     }
 
@@ -261,21 +245,6 @@ fn fetch_sql(levels: u16) -> String {
         "UPDATE errand_tasks SET worker = $1 WHERE id IN ({claim}) \
          RETURNING id, args, priority, run_at"
     )
-}
-
-/// The group-commit writer: takes every push that is waiting, writes them in one transaction,
-/// and tells each pusher the outcome.
-async fn write(pool: SqlitePool, levels: TaskLevels, mut pending: mpsc::Receiver<Pending>) {
-    let mut batch = Vec::new();
-    while pending.recv_many(&mut batch, 4_096).await > 0 {
-        let rows: Vec<&Row> = batch.iter().flat_map(|p| &p.rows).collect();
-        let result = insert(&pool, &levels, &rows)
-            .await
-            .map_err(|err| err.to_string());
-        for push in batch.drain(..) {
-            let _ = push.done.send(result.clone());
-        }
-    }
 }
 
 async fn insert(pool: &SqlitePool, levels: &TaskLevels, rows: &[&Row]) -> Result<(), sqlx::Error> {
@@ -449,27 +418,10 @@ impl Persistence for SqliteQueue {
     }
 
     async fn push_tasks(&mut self, tasks: Vec<Task<Vec<u8>>>) -> Result<(), Self::Error> {
-        let now = now_ms();
-        let rows = tasks
-            .into_iter()
-            .map(|task| Row {
-                id: task
-                    .task_id()
-                    .map_or_else(|| ulid::Ulid::generate().to_string(), ToString::to_string),
-                due: task.run_at().map_or(now, |secs| secs as i64 * 1000),
-                priority: priority_of(&task.args),
-                args: task.args,
-            })
-            .collect();
-        let (done, committed) = oneshot::channel();
         self.writer
-            .send(Pending { rows, done })
+            .push(rows_of(tasks))
             .await
-            .map_err(|_| SqliteQueueError::WriterGone)?;
-        committed
-            .await
-            .map_err(|_| SqliteQueueError::WriterGone)?
-            .map_err(|err| SqliteQueueError::Database(sqlx::Error::Protocol(err)))
+            .map_err(SqliteQueueError::Push)
     }
 }
 
@@ -481,7 +433,7 @@ fn ids_json(ids: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::{QueuedJob, sqlite_row};
+    use crate::queue::{QueuedJob, task_row};
     use sqlx::sqlite::SqliteConnectOptions;
 
     #[tokio::test]
@@ -537,7 +489,7 @@ mod tests {
     }
 
     fn task(priority: u8) -> Row {
-        sqlite_row(&QueuedJob {
+        task_row(&QueuedJob {
             job_id: crate::model::new_job_id(),
             delivery: 1,
             run_at: None,

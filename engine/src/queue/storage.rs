@@ -1,7 +1,9 @@
-//! Errand's own queue storages (Redis, and SQLite's fast path) plug into apalis the same way:
+//! Errand's own queue storages (SQLite, Postgres and Redis) plug into apalis the same way:
 //! a [`Persistence`] (fetch, acknowledge, push, heartbeat) driven by apalis's [`Persisted`],
 //! wrapped here into the backend a worker consumes.
 
+use super::priority_of;
+use crate::model::now_ms;
 use apalis_codec::json::JsonCodec;
 use apalis_core::backend::persistence::{Persisted, Persistence, TaskPersistLayer};
 use apalis_core::backend::{Backend, BackendConfig, WireFormatBackend, finalize::Durable};
@@ -11,8 +13,10 @@ use apalis_core::task::task_id::TaskId;
 use apalis_core::worker::context::WorkerContext;
 use serde_json::Value;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 
 /// When the handler could not run a task (the registry was unreachable, say), the task is offered
 /// again after this long instead of being dropped: a job is never lost to a passing storage error.
@@ -38,6 +42,92 @@ pub(crate) fn completed(
         }
     }
     (done, again)
+}
+
+/// A task as Errand's SQL storages store it.
+pub(crate) struct Row {
+    pub(crate) id: String,
+    /// The task's arguments (JSON).
+    pub(crate) args: Vec<u8>,
+    /// Unix ms.
+    pub(crate) due: i64,
+    pub(crate) priority: u8,
+}
+
+/// Pushed tasks as rows: a task with no id gets a new one, and one with no time is due now.
+pub(crate) fn rows_of(tasks: Vec<Task<Vec<u8>>>) -> Vec<Row> {
+    let now = now_ms();
+    tasks
+        .into_iter()
+        .map(|task| Row {
+            id: task
+                .task_id()
+                .map_or_else(|| ulid::Ulid::generate().to_string(), ToString::to_string),
+            due: task.run_at().map_or(now, |secs| secs as i64 * 1000),
+            priority: priority_of(&task.args),
+            args: task.args,
+        })
+        .collect()
+}
+
+/// How many pushes may wait for the group commit; when full, pushers wait for room
+/// (back-pressure: a push must not be lost).
+const PUSHES_WAITING: usize = 4_096;
+
+/// A push waiting for the group commit, and who to tell when it is durable.
+struct Pending {
+    rows: Vec<Row>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Group commit for pushes: one writer task takes every push that is waiting, writes them all
+/// with one call of its `insert` (one transaction), and tells each pusher the outcome. Pushes
+/// from concurrent requests then share one commit instead of queueing for one each.
+#[derive(Clone)]
+pub(crate) struct GroupCommit {
+    pending: mpsc::Sender<Pending>,
+    /// Keeps the writer running while any handle lives.
+    _writer: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl GroupCommit {
+    pub(crate) fn start<F, Fut, E>(insert: F) -> Self
+    where
+        F: Fn(Vec<Row>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send,
+        E: std::fmt::Display,
+    {
+        let (pending, mut waiting) = mpsc::channel::<Pending>(PUSHES_WAITING);
+        let writer = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while waiting.recv_many(&mut batch, PUSHES_WAITING).await > 0 {
+                let rows = batch
+                    .iter_mut()
+                    .flat_map(|push| std::mem::take(&mut push.rows))
+                    .collect();
+                let result = insert(rows).await.map_err(|err| err.to_string());
+                for push in batch.drain(..) {
+                    let _ = push.done.send(result.clone());
+                }
+            }
+        });
+        Self {
+            pending,
+            _writer: Arc::new(writer),
+        }
+    }
+
+    /// Writes `rows` with whatever else is waiting; returns once they are committed.
+    pub(crate) async fn push(&self, rows: Vec<Row>) -> Result<(), String> {
+        let (done, committed) = oneshot::channel();
+        self.pending
+            .send(Pending { rows, done })
+            .await
+            .map_err(|_| "the queue's writer stopped".to_owned())?;
+        committed
+            .await
+            .map_err(|_| "the queue's writer stopped".to_owned())?
+    }
 }
 
 /// A task as a fetch hands it to apalis: its id as stored and its arguments. A stored id that is

@@ -160,7 +160,8 @@ type Gated = Arc<std::sync::OnceLock<Vec<String>>>;
 struct Writer {
     db: Db,
     /// When the queue's table is in this database: a new job's first task is written in the
-    /// transaction that records the job, and its level noted here.
+    /// transaction that records the job, and its level noted here (SQLite's fetch seeks only
+    /// the levels noted; Postgres's seeks them all).
     tasks: Option<TaskLevels>,
     gated: Gated,
 }
@@ -255,14 +256,28 @@ impl Registry {
     /// Opens the registry at `url`, `sqlite://…` or `postgres://…`, and runs its migrations.
     pub async fn connect(url: &str) -> Result<Self, RegistryError> {
         if db::is_postgres(url) {
-            let pool = db::postgres(url).await?;
-            sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-            Ok(Self::with_batches(Db::Postgres(pool), None))
+            Self::open_postgres(url, None).await
         } else if db::is_sqlite(url) {
             Self::open_sqlite(SqliteConnectOptions::from_str(url)?).await
         } else {
             Err(RegistryError::Url(url.to_owned()))
         }
+    }
+
+    /// Opens the registry on Postgres at `url` as the home of the queue's table too (the queue
+    /// at the same URL): [`Registry::insert`] then writes each new job's first task with it, in
+    /// one transaction. Open the queue (`Queue::connect(url)`) before any insert.
+    pub async fn connect_with_queue(url: &str) -> Result<Self, RegistryError> {
+        if !db::is_postgres(url) {
+            return Err(RegistryError::Url(url.to_owned()));
+        }
+        Self::open_postgres(url, Some(TaskLevels::default())).await
+    }
+
+    async fn open_postgres(url: &str, tasks: Option<TaskLevels>) -> Result<Self, RegistryError> {
+        let pool = db::postgres(url).await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Self::with_batches(Db::Postgres(pool), tasks))
     }
 
     /// Opens the registry file as the home of the queue's table too (the embedded default):
@@ -639,6 +654,16 @@ fn answers<R>(
     requests.iter().map(|r| jobs.remove(&key(r))).collect()
 }
 
+/// The first tasks of the `jobs` whose ids are in `inserted` (an idempotent submit that found
+/// its job inserts none).
+fn first_tasks(jobs: &[Job], inserted: &[String]) -> Vec<crate::queue::Row> {
+    let new: std::collections::HashSet<&str> = inserted.iter().map(String::as_str).collect();
+    jobs.iter()
+        .filter(|job| new.contains(job.id.to_string().as_str()))
+        .map(|job| crate::queue::task_row(&QueuedJob::of(job)))
+        .collect()
+}
+
 impl Writer {
     /// Starts a task that runs batches with `run`, on a copy of this writer.
     fn batching<Req, Resp, Fut>(
@@ -709,19 +734,21 @@ impl Writer {
             (Db::Sqlite(pool), Some(levels)) => {
                 let mut tx = db::write_transaction(pool).await?;
                 let inserted: Vec<String> = bind_jobs!().fetch_all(&mut *tx).await?;
-                let new: std::collections::HashSet<&str> =
-                    inserted.iter().map(String::as_str).collect();
-                let rows: Vec<_> = jobs
-                    .iter()
-                    .filter(|job| new.contains(job.id.to_string().as_str()))
-                    .map(|job| crate::queue::sqlite_row(&QueuedJob::of(job)))
-                    .collect();
+                let rows = first_tasks(&jobs, &inserted);
                 crate::queue::sqlite_queue::insert_in(
                     &mut tx,
                     levels,
                     &rows.iter().collect::<Vec<_>>(),
                 )
                 .await?;
+                tx.commit().await?;
+                inserted
+            }
+            (Db::Postgres(pool), Some(_)) => {
+                let mut tx = pool.begin().await?;
+                let inserted: Vec<String> = bind_jobs!().fetch_all(&mut *tx).await?;
+                let rows = first_tasks(&jobs, &inserted);
+                crate::queue::postgres_queue::insert_in(&mut tx, &rows).await?;
                 tx.commit().await?;
                 inserted
             }

@@ -6,7 +6,9 @@ mod common;
 
 use common::process::{browser, shared, spawn, start, start_with, terminate};
 use errand_engine::testing::SharedStores;
+use errand_engine::{JobId, Registry};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
@@ -177,6 +179,73 @@ async fn killed_worker_recovery(stores: SharedStores) {
     assert_eq!(job["attempts"], 2, "the killed attempt counts: {job}");
     let _ = second.kill();
     let _ = second.wait();
+    terminate(web).await;
+}
+
+#[tokio::test]
+async fn on_postgres_two_worker_processes_share_the_jobs_and_run_each_once() {
+    two_workers_share_the_jobs(SharedStores::postgres().await).await;
+}
+
+#[tokio::test]
+async fn on_redis_two_worker_processes_share_the_jobs_and_run_each_once() {
+    two_workers_share_the_jobs(SharedStores::redis().await).await;
+}
+
+/// Scale-out: both worker processes claim from the one queue, and no job is claimed twice.
+async fn two_workers_share_the_jobs(stores: SharedStores) {
+    const JOBS: usize = 96;
+    let dirs = [(); 3].map(|()| tempfile::tempdir().expect("dir"));
+    let web = start_with(&shared(&stores, "web"), dirs[0].path(), browser()).await;
+    // Eight slots each: 96 jobs of 100 ms keep one worker busy for over a second, so neither
+    // can drain the queue before the other asks.
+    let mut workers = [1, 2].map(|i| {
+        spawn(
+            &shared(&stores, "worker"),
+            dirs[i].path(),
+            &["--concurrency", "8"],
+        )
+    });
+    let registry = Registry::connect(stores.database_url())
+        .await
+        .expect("registry");
+    for _ in 0..200 {
+        let (known, _) = registry.workers().await.expect("workers");
+        if known.iter().filter(|w| w.role == "worker").count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut ids = Vec::with_capacity(JOBS);
+    for _ in 0..JOBS {
+        ids.push(web.client.sleep_job(100, 1).await);
+    }
+    let mut ran_on: HashMap<String, usize> = HashMap::new();
+    for id in &ids {
+        let job = web
+            .client
+            .wait_for_state(id, &["succeeded", "failed"], Duration::from_secs(60))
+            .await;
+        assert_eq!(
+            (job["state"].as_str(), job["attempts"].as_i64()),
+            (Some("succeeded"), Some(1)),
+            "{job}"
+        );
+        let attempts = registry
+            .attempts(id.parse::<JobId>().expect("job id"))
+            .await
+            .expect("attempts");
+        assert_eq!(attempts.len(), 1, "job {id} ran once: {attempts:?}");
+        let worker = attempts[0].worker.clone().expect("the worker is recorded");
+        *ran_on.entry(worker).or_default() += 1;
+    }
+    assert_eq!(ran_on.len(), 2, "both workers ran jobs: {ran_on:?}");
+
+    for worker in &mut workers {
+        let _ = worker.kill();
+        let _ = worker.wait();
+    }
     terminate(web).await;
 }
 

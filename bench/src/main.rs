@@ -51,7 +51,7 @@ struct Args {
     workdir: PathBuf,
     #[arg(long, value_enum, default_value = "full")]
     scale: Scale,
-    /// Only these scenarios (numbers 1–14); all when not given.
+    /// Only these scenarios (numbers 1–15; 15 on Postgres or Redis only); all when not given.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Also write the results as JSON here.
@@ -77,6 +77,23 @@ pub(crate) struct Context {
 impl Context {
     pub(crate) async fn start(&self) -> anyhow::Result<server::Server> {
         self.start_with(&[]).await
+    }
+
+    /// A `web` process (it serves and runs no jobs) and `workers` `worker` processes sharing
+    /// its Postgres or Redis.
+    pub(crate) async fn start_split(&self, workers: usize) -> anyhow::Result<server::Server> {
+        let mut server = server::Server::start_as(
+            Some("web"),
+            &self.binary,
+            &self.workdir,
+            self.backend,
+            &self.extra,
+        )
+        .await?;
+        for _ in 0..workers {
+            server.add_worker(&self.binary, &self.extra)?;
+        }
+        Ok(server)
     }
 
     /// [`Context::start`] with more arguments for errand (before the command line's).
@@ -189,6 +206,10 @@ async fn main() -> anyhow::Result<()> {
     }
     if pick(14) {
         rows.push(vitals::web_vitals(&cx, if full { 5 } else { 1 }).await?);
+    }
+    // Worker processes share Postgres or Redis; on SQLite there is one process.
+    if pick(15) && args.backend != Backend::Sqlite {
+        rows.push(scenarios::scale_out(&cx, drain).await?);
     }
 
     println!("\n| scenario | result |\n|---|---|");

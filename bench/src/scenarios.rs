@@ -142,6 +142,32 @@ pub(crate) async fn processing(cx: &Context, count: usize) -> anyhow::Result<Row
     )))
 }
 
+/// Scenario 15: the backlog of scenario 4 drained by a `web` process and one `worker`
+/// process, then (on fresh stores) by a `web` process and two.
+pub(crate) async fn scale_out(cx: &Context, count: usize) -> anyhow::Result<Row> {
+    let mut rates = Vec::new();
+    for workers in [1, 2] {
+        let server = cx.start_split(workers).await?;
+        let drained = drain(
+            &server,
+            count,
+            |_| json!({ "kind": "sleep", "params": { "ms": 0 } }),
+        )
+        .await;
+        server.stop().await;
+        rates.push(drained?.jobs_per_s);
+    }
+    let (one, two) = (rates[0], rates[1]);
+    let gain = two / one;
+    Ok(Row::new(
+        "scale-out".into(),
+        json!({ "jobs": count, "one_worker_jobs_per_s": one, "two_workers_jobs_per_s": two, "gain": gain }),
+    )
+    .headline(format!(
+        "{one:.0} jobs/s with one worker process, {two:.0} with two ({gain:.2}×; {count} jobs each)"
+    )))
+}
+
 /// How fast a backlog drained.
 pub(crate) struct Drained {
     pub(crate) seconds: f64,

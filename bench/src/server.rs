@@ -16,7 +16,37 @@ pub(crate) struct Server {
     pub(crate) cold_start: Duration,
     _data: tempfile::TempDir,
     /// The fresh Postgres database and Redis prefix, removed when the server is dropped.
-    _stores: Option<SharedStores>,
+    stores: Option<SharedStores>,
+    /// `worker` processes sharing the stores, each with its data dir.
+    workers: Vec<(Child, tempfile::TempDir)>,
+}
+
+/// The arguments that point a process at `stores`.
+fn store_urls(stores: Option<&SharedStores>) -> Vec<String> {
+    stores
+        .iter()
+        .flat_map(|stores| {
+            [
+                format!("--database-url={}", stores.database_url()),
+                format!("--queue-url={}", stores.queue_url()),
+            ]
+        })
+        .collect()
+}
+
+/// `binary` with the environment every process under test gets.
+fn command(binary: &Path) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .env("RUST_LOG", "warn")
+        // The load comes from one address and few sessions: the limits meant for visitors
+        // would measure themselves.
+        .env("ERRAND_SESSION_RATE", "0")
+        .env("ERRAND_IP_RATE", "0")
+        .env("ERRAND_SESSION_MAX_ACTIVE", "0")
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    command
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -34,34 +64,32 @@ impl Server {
         backend: Backend,
         extra: &[String],
     ) -> anyhow::Result<Self> {
+        Self::start_as(None, binary, workdir, backend, extra).await
+    }
+
+    /// [`Server::start`] in `role` (`web`: it serves and runs no jobs), when given.
+    pub(crate) async fn start_as(
+        role: Option<&str>,
+        binary: &Path,
+        workdir: &Path,
+        backend: Backend,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
         let stores = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => Some(SharedStores::postgres().await),
             Backend::Redis => Some(SharedStores::redis().await),
         };
-        let urls = stores.iter().flat_map(|stores| {
-            [
-                format!("--database-url={}", stores.database_url()),
-                format!("--queue-url={}", stores.queue_url()),
-            ]
-        });
         let port = free_port()?;
         let started = Instant::now();
-        let child = Command::new(binary)
+        let child = command(binary)
             .current_dir(workdir)
+            .args(role)
             .args(["--addr", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(data.path())
-            .args(urls)
+            .args(store_urls(stores.as_ref()))
             .args(extra)
-            .env("RUST_LOG", "warn")
-            // The load comes from one address and few sessions: the limits meant for visitors
-            // would measure themselves.
-            .env("ERRAND_SESSION_RATE", "0")
-            .env("ERRAND_IP_RATE", "0")
-            .env("ERRAND_SESSION_MAX_ACTIVE", "0")
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("could not start {}", binary.display()))?;
         let base = format!("http://127.0.0.1:{port}");
@@ -76,12 +104,32 @@ impl Server {
                     base,
                     cold_start,
                     _data: data,
-                    _stores: stores,
+                    stores,
+                    workers: Vec::new(),
                 });
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         bail!("errand did not answer on {base} within 30 s")
+    }
+
+    /// Starts a `worker` process of `binary` on this server's Postgres or Redis: it runs the
+    /// jobs the server takes (a `web` server runs none itself).
+    pub(crate) fn add_worker(&mut self, binary: &Path, extra: &[String]) -> anyhow::Result<()> {
+        let stores = self
+            .stores
+            .as_ref()
+            .context("worker processes share Postgres or Redis, not SQLite")?;
+        let data = tempfile::tempdir()?;
+        let child = command(binary)
+            .args(["worker", "--data-dir"])
+            .arg(data.path())
+            .args(store_urls(Some(stores)))
+            .args(extra)
+            .spawn()
+            .with_context(|| format!("could not start {}", binary.display()))?;
+        self.workers.push((child, data));
+        Ok(())
     }
 
     fn status_kb(&self, field: &str) -> Option<u64> {
@@ -106,6 +154,9 @@ impl Server {
     }
 
     pub(crate) async fn stop(mut self) {
+        for (worker, _) in &mut self.workers {
+            let _ = worker.kill().await;
+        }
         let _ = self.child.kill().await;
     }
 }

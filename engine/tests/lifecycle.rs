@@ -56,7 +56,7 @@ conformance!(
     a_cancelled_scheduled_job_never_starts,
     the_same_idempotency_key_makes_one_job,
     jobs_a_crash_left_running_run_again_at_the_next_start,
-    a_thousand_concurrent_jobs_each_run_exactly_once,
+    a_thousand_concurrent_jobs_each_run_and_are_counted_exactly_once,
     finished_jobs_past_their_retention_are_purged_with_their_files,
     a_failed_job_can_be_retried_by_hand_as_a_linked_new_job,
     a_running_job_is_cancelled_within_a_second_from_any_process,
@@ -560,7 +560,7 @@ async fn jobs_a_crash_left_running_run_again_at_the_next_start(backend: Backend)
     let _ = tokio::time::timeout(Duration::from_secs(10), workers).await;
 }
 
-async fn a_thousand_concurrent_jobs_each_run_exactly_once(backend: Backend) {
+async fn a_thousand_concurrent_jobs_each_run_and_are_counted_exactly_once(backend: Backend) {
     let app = running(backend).await;
     let submits = (0..1_000).map(|_| {
         let engine = app.engine.clone();
@@ -590,6 +590,21 @@ async fn a_thousand_concurrent_jobs_each_run_exactly_once(backend: Backend) {
             "{job:?}"
         );
     }
+    // The console's chart counts each finish once, however the finishes were batched.
+    let counted: u64 = app
+        .engine
+        .registry()
+        .finished_since(0)
+        .await
+        .expect("counts")
+        .iter()
+        .filter(|count| count.kind == "sleep")
+        .map(|count| {
+            assert_eq!(count.state, JobState::Succeeded, "{count:?}");
+            count.jobs
+        })
+        .sum();
+    assert_eq!(counted, 1_000);
     app.stop().await;
 }
 

@@ -61,7 +61,7 @@ async fn run(
 }
 
 pub(crate) async fn cost(cx: &Context, count: usize) -> anyhow::Result<Row> {
-    let noop = |_| json!({ "kind": "sleep", "params": { "ms": 0 } });
+    let noop = crate::scenarios::no_op_job;
     let (plain, _) = run(cx, count, None, noop).await?;
     let kind_wide = "[[limit]]\nkind = \"sleep\"\nconcurrency = 64\n";
     let (limited, _) = run(cx, count, Some(kind_wide), noop).await?;

@@ -35,12 +35,7 @@ fn median_start(jobs: &[Value], level: u64) -> anyhow::Result<i64> {
 }
 
 pub(crate) async fn cost(cx: &Context, count: usize) -> anyhow::Result<Row> {
-    let plain = run(
-        cx,
-        count,
-        |_| json!({ "kind": "sleep", "params": { "ms": 0 } }),
-    )
-    .await?;
+    let plain = run(cx, count, crate::scenarios::no_op_job).await?;
     let spread = run(
         cx,
         count,
